@@ -1,0 +1,122 @@
+"""One way to accept model inputs: a tensor, a tuple of positional tensors, or a dict of kwargs."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import ForwardError, NboptError, describe_exception
+
+Args = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def check_module(model: Any, what: str = "model") -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module``; otherwise raise a TypeError saying what to pass."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{what} must be a torch.nn.Module, got {type(model).__name__}. "
+            "Pass the model object itself (e.g. `model`, not `model(x)` or its state_dict)."
+        )
+    return model
+
+
+def as_args(inputs: Any) -> Args:
+    """Split ``inputs`` into positional and keyword arguments for ``model(*args, **kwargs)``."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, Mapping):
+        if not all(isinstance(k, str) for k in inputs):
+            raise TypeError("a dict of inputs must map argument names (str) to values")
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    raise TypeError(
+        f"inputs must be a tensor, a tuple of positional tensors or a dict of keyword arguments, "
+        f"got {type(inputs).__name__}. Example: nbopt.profile(model, torch.randn(1, 3, 224, 224))."
+    )
+
+
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from tensors_in(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from tensors_in(v)
+
+
+def check_finite(inputs: Any, what: str = "inputs") -> None:
+    """Raise if a floating-point input holds NaN or Inf."""
+    for t in tensors_in(inputs):
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            raise NboptError(f"{what} contain NaN or Inf values; clean the data (e.g. torch.nan_to_num) first.")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def check_device(model: nn.Module, inputs: Any) -> None:
+    """Raise if inputs live on another device than the model."""
+    dev = model_device(model)
+    for t in tensors_in(inputs):
+        if t.device.type != "meta" and t.device != dev:
+            raise NboptError(
+                f"inputs are on {t.device} but the model is on {dev}; move one of them, "
+                f"e.g. x.to('{dev}') or model.to('{t.device}')."
+            )
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on ``inputs``; a failure becomes a ForwardError naming the input shapes."""
+    args, kwargs = as_args(inputs)
+    try:
+        return model(*args, **kwargs)
+    except (KeyboardInterrupt, NboptError):
+        raise
+    except Exception as exc:  # the model's own error: re-raise with the shapes that caused it
+        raise ForwardError(
+            f"{type(model).__name__} failed on inputs {describe_shapes(inputs)}: {describe_exception(exc)}. "
+            "Check the input shape, dtype and device the model expects."
+        ) from None
+
+
+def describe_shapes(inputs: Any) -> str:
+    """Readable shapes, e.g. ``(1, 3, 224, 224) float32``."""
+    parts = [f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in tensors_in(inputs)]
+    return ", ".join(parts) if parts else "(no tensors)"
+
+
+def batches(data: Any) -> Iterable[Any]:
+    """Normalise calibration/evaluation data: a tensor is one batch; a DataLoader or iterable yields batches.
+
+    A batch that is a ``(inputs, target)`` pair is reduced to its inputs by :func:`batch_inputs`.
+    """
+    if data is None:
+        raise NboptError("no data given; pass a tensor, a DataLoader or a list of batches.")
+    if isinstance(data, torch.Tensor):
+        return [data]
+    if isinstance(data, Mapping):
+        return [data]
+    try:
+        iter(data)
+    except TypeError:
+        raise TypeError(
+            f"data must be a tensor, a DataLoader or an iterable of batches, got {type(data).__name__}."
+        ) from None
+    return data
+
+
+def batch_inputs(batch: Any) -> Any:
+    """The model inputs of one batch: ``(x, y)`` pairs from a labelled DataLoader give ``x``."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor) \
+            and isinstance(batch[1], torch.Tensor) and batch[1].dtype in (torch.int64, torch.int32):
+        return batch[0]
+    return batch

@@ -1,0 +1,73 @@
+"""One way to time things: warmup, repeats, median, interleaved pairs for ratios, CUDA sync."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Repeated wall-clock samples of one callable, in milliseconds."""
+
+    samples_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms) if self.samples_ms else float("nan")
+
+    def __repr__(self) -> str:
+        return f"Timing(median={self.median_ms:.3f} ms, n={len(self.samples_ms)})"
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work, so a timer measures the kernels and not their launch."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 10,
+            device: torch.device | str | None = None) -> Timing:
+    """Median-able timings of ``fn()`` after ``warmup`` untimed calls."""
+    with torch.no_grad():
+        for _ in range(max(0, warmup)):
+            fn()
+        synchronize(device)
+        timing = Timing()
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            timing.samples_ms.append((time.perf_counter() - t0) * 1e3)
+    return timing
+
+
+def compare(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 10,
+            device: torch.device | str | None = None) -> dict[str, Timing]:
+    """Time several callables interleaved (A, B, A, B, ...) so drifting machine load hits all alike."""
+    timings = {name: Timing() for name in fns}
+    with torch.no_grad():
+        for _ in range(max(0, warmup)):
+            for fn in fns.values():
+                fn()
+        synchronize(device)
+        for _ in range(max(1, repeat)):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                timings[name].samples_ms.append((time.perf_counter() - t0) * 1e3)
+    return timings
+
+
+def ratios(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:
+    """Speed-up of each entry over ``baseline`` (baseline median / entry median)."""
+    base = timings[baseline].median_ms
+    return {name: base / t.median_ms for name, t in timings.items()}
