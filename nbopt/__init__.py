@@ -1,0 +1,58 @@
+"""nbopt: find and remove the compute bottlenecks of PyTorch models without leaving the notebook.
+
+Public API (imported lazily so ``import nbopt`` stays fast)::
+
+    nbopt.profile(model, inputs)        per-layer params, MACs, FLOPs, latency, memory -> Profile
+    nbopt.compare({...}, inputs)        several variants side by side -> DataFrame
+
+``%load_ext nbopt`` registers the IPython magics (``%%profile_flops`` ...).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (relative to this package)
+_EXPORTS: dict[str, str] = {
+    "profile": ".profile",
+    "compare": ".profile",
+    "Profile": ".profile",
+    "register_formula": ".counting",
+    "clever_format": ".counting.thop_engine",
+    "NboptError": ".errors",
+    "Timing": ".timing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name == "demo":
+            return importlib.import_module(".demo", __name__)
+        raise AttributeError(f"module 'nbopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS) + ["demo"])
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbopt``: register the magics (IPython is imported only here)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbopt``: remove the magics again."""
+    from .magics import unload_ipython_extension as _unload
+
+    _unload(ipython)
+
+
+__all__ = sorted(_EXPORTS) + ["demo", "load_ipython_extension", "unload_ipython_extension"]
