@@ -1,0 +1,198 @@
+"""Which module ran an op: a stack of modules kept by PyTorch's global module hooks.
+
+The hooks are registered for the duration of one ``with`` block and removed in ``finally`` (no patching of
+torch or of the model). Modules are named by their qualified name in the model (``layer1.0.conv1``).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+OUTSIDE = "(outside modules)"
+
+
+@dataclass
+class ModuleStats:
+    """What one module did during the counted run (its own ops only, not its children's)."""
+
+    name: str
+    type: str
+    depth: int
+    calls: int = 0
+    macs: int = 0
+    flops: int = 0
+    in_shapes: list = field(default_factory=list)
+    out_shapes: list = field(default_factory=list)
+    in_bytes: int = 0
+    out_bytes: int = 0
+
+
+def _shapes(obj: Any) -> list:
+    from ..inputs import tensors_in
+    return [tuple(t.shape) for t in tensors_in(obj)]
+
+
+def _bytes(obj: Any) -> int:
+    from ..inputs import tensors_in
+    return sum(t.numel() * t.element_size() for t in tensors_in(obj))
+
+
+def _call_kwargs() -> dict:
+    """Keyword arguments of the module call in progress (global pre-hooks receive positional ones only)."""
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            break
+        if frame.f_code.co_name in ("_call_impl", "_wrapped_call_impl") and "kwargs" in frame.f_locals:
+            return dict(frame.f_locals["kwargs"])
+        frame = frame.f_back
+    return {}
+
+
+class ModuleNames:
+    """Qualified names for the modules of one or more root models (shared modules keep their first name)."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.roots: list[tuple[str, nn.Module]] = []
+
+    def add_root(self, model: nn.Module, prefix: str = "") -> None:
+        self.roots.append((prefix, model))
+        for name, m in model.named_modules():
+            full = ".".join(p for p in (prefix, name) if p) or "(root)"
+            self.names.setdefault(id(m), full)
+
+    def name(self, module: nn.Module, parent: str | None) -> str:
+        known = self.names.get(id(module))
+        if known is not None:
+            return known
+        # a module created inside forward (or never registered as a child): name it under its caller
+        base = f"{parent}." if parent and parent != OUTSIDE else ""
+        full = f"{base}{type(module).__name__}"
+        self.names[id(module)] = full
+        return full
+
+
+class ModuleTracker:
+    """Keeps the stack of running modules and a :class:`ModuleStats` per module name.
+
+    ``on_new_root(module) -> prefix | None`` is asked about modules that start running while no module is
+    on the stack and that are not known yet (the cell magic discovers models that way); ``None`` means
+    "don't track it".
+    """
+
+    def __init__(self, names: ModuleNames, *, on_new_root: Callable[[nn.Module], str | None] | None = None,
+                 suppress_types: tuple[type, ...] = (),
+                 on_exit: Callable[[nn.Module, "ModuleStats", tuple, Any], None] | None = None) -> None:
+        self.names = names
+        self.on_new_root = on_new_root
+        self.suppress_types = suppress_types
+        self.on_exit = on_exit
+        self.stack: list[tuple[nn.Module, str, bool]] = []
+        self.stats: dict[str, ModuleStats] = {}
+        self.suppressed = 0
+        self._suppress_flags: list[bool] = []
+        self.record_root_calls = False
+        self.root_calls: list[tuple[nn.Module, tuple, dict]] = []
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1][1] if self.stack else OUTSIDE
+
+    def stats_for(self, name: str, module: nn.Module | None = None) -> ModuleStats:
+        st = self.stats.get(name)
+        if st is None:
+            depth = 0 if name in (OUTSIDE, "(root)") else name.count(".") + 1
+            st = ModuleStats(name, type(module).__name__ if module is not None else "", depth)
+            self.stats[name] = st
+        return st
+
+    def add(self, macs: int, flops: int) -> None:
+        if self.suppressed:
+            return
+        st = self.stats_for(self.current)
+        st.macs += macs
+        st.flops += flops
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        if not self.stack and id(module) not in self.names.names:
+            prefix = self.on_new_root(module) if self.on_new_root else None
+            if prefix is None:
+                self.stack.append((module, "", False))
+                return
+            self.names.add_root(module, prefix)
+        if self.stack and not self.stack[-1][2]:
+            self.stack.append((module, "", False))  # inside an untracked module
+            return
+        if not self.stack and self.record_root_calls:
+            self.root_calls.append((module, args, _call_kwargs()))
+        name = self.names.name(module, self.stack[-1][1] if self.stack else None)
+        st = self.stats_for(name, module)
+        st.calls += 1
+        if not st.in_shapes:
+            st.in_shapes = _shapes(args)
+        st.in_bytes += _bytes(args)
+        suppress = isinstance(module, self.suppress_types) if self.suppress_types else False
+        self.suppressed += suppress
+        self.stack.append((module, name, True))
+        self._suppress_flags.append(suppress)
+
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self.stack or self.stack[-1][0] is not module:
+            return
+        _, name, tracked = self.stack.pop()
+        if not tracked:
+            return
+        self.suppressed -= self._suppress_flags.pop()
+        st = self.stats[name]
+        if output is not None:
+            if not st.out_shapes:
+                st.out_shapes = _shapes(output)
+            st.out_bytes += _bytes(output)
+            if self.on_exit is not None:
+                self.on_exit(module, st, args, output)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["ModuleTracker"]:
+        """Register the global module hooks for the duration of the block; always removed afterwards."""
+        handles = []
+        try:
+            handles.append(_module.register_module_forward_pre_hook(self._pre))
+            handles.append(_module.register_module_forward_hook(self._post, always_call=True))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.stack.clear()
+            self.suppressed = 0
+            self._suppress_flags.clear()
+
+
+def per_module_params(names: ModuleNames) -> dict[str, int]:
+    """Parameters held directly by each module; a parameter shared by several modules counts once."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for prefix, root in names.roots:
+        for name, m in root.named_modules():
+            full = ".".join(p for p in (prefix, name) if p) or "(root)"
+            n = 0
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+            out[full] = out.get(full, 0) + n
+    return out
+
+
+def module_types(names: ModuleNames) -> dict[str, str]:
+    out = {}
+    for prefix, root in names.roots:
+        for name, m in root.named_modules():
+            out.setdefault(".".join(p for p in (prefix, name) if p) or "(root)", type(m).__name__)
+    return out

@@ -1,0 +1,273 @@
+"""How much work an ATen op does: a registry ``op -> formula`` returning (MACs, FLOPs).
+
+Conventions (defined once, used everywhere):
+
+* **MACs** — multiply-accumulates of the GEMM-like ops only: convolution (every kind), mm/addmm/bmm
+  (so ``F.linear``, ``matmul`` and ``einsum``), attention (``Q @ K^T`` and ``P @ V``, also in the fused
+  CPU kernels) and RNN/LSTM/GRU cells. This is torchvision's published "GMACs" convention.
+* **FLOPs** — every floating-point operation: ``2 * MACs`` for the GEMM-like ops plus the elementwise,
+  normalization, pooling, softmax, reduction and interpolation work (formulas below).
+
+Matrix-multiply and convolution counts come from PyTorch's own ``torch.utils.flop_counter`` formulas.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils import flop_counter as _fc
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work done by one op call."""
+
+    macs: int = 0
+    flops: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.macs + other.macs, self.flops + other.flops)
+
+
+Formula = Callable[..., Cost]
+FORMULAS: dict[Any, Formula] = {}          # OpOverloadPacket -> formula(args, kwargs, out) -> Cost
+ZERO_COST: set[Any] = set()                # data movement / allocation: known to do no arithmetic
+
+
+def register_formula(op: Any, fn: Callable[..., Any] | None = None):
+    """Register how to count ``op`` (an ``torch.ops.aten.*`` op, overload or its name).
+
+    ``fn(*args, out=<output>, **kwargs)`` receives the op's real arguments (tensors have shapes) and
+    returns FLOPs as an int, or ``(macs, flops)``. Usable as a decorator.
+    """
+    packet = _packet(op)
+
+    def wrap(user_fn: Callable[..., Any]) -> Callable[..., Any]:
+        def formula(args: tuple, kwargs: dict, out: Any) -> Cost:
+            value = user_fn(*args, out=out, **kwargs)
+            if isinstance(value, tuple):
+                return Cost(int(value[0]), int(value[1]))
+            return Cost(0, int(value))
+        FORMULAS[packet] = formula
+        return user_fn
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _packet(op: Any) -> Any:
+    if isinstance(op, str):
+        name = op.split("::")[-1].split(".")[0]
+        return getattr(aten, name)
+    return getattr(op, "overloadpacket", op)
+
+
+def _formula(*ops: Any):
+    def deco(fn: Formula) -> Formula:
+        for op in ops:
+            FORMULAS[op] = fn
+        return fn
+    return deco
+
+
+def _numel(t: Any) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# --- GEMM-like: delegate to PyTorch's own flop formulas (they return FLOPs = 2 * MACs) ----------------
+def _torch_registry(packet: Any) -> Formula:
+    torch_fn = _fc.flop_registry[packet]
+
+    def formula(args: tuple, kwargs: dict, out: Any) -> Cost:
+        flops = int(torch_fn(*args, **kwargs, out_val=out))
+        return Cost(flops // 2, flops)
+    return formula
+
+
+for _op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten._convolution):
+    FORMULAS[_op] = _torch_registry(_op)
+
+
+def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """``Q @ K^T`` plus ``P @ V`` for (..., L, E) queries, (..., S, E) keys, (..., S, Ev) values."""
+    batch = math.prod(q.shape[:-2])
+    lq, e = q.shape[-2], q.shape[-1]
+    s, ev = k.shape[-2], v.shape[-1]
+    return batch * lq * s * (e + ev)
+
+
+def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Cost:
+    macs = _attention_macs(q, k, v)
+    scores = math.prod(q.shape[:-1]) * k.shape[-2]
+    return Cost(macs, 2 * macs + 4 * scores)  # + scale and softmax (max, exp, sum, divide) per score
+
+
+@_formula(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
+          aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+          aten._flash_attention_forward, aten._efficient_attention_forward)
+def _sdpa(args: tuple, kwargs: dict, out: Any) -> Cost:
+    q, k, v = args[:3]
+    if q.dim() == 4 and q.shape[1] != k.shape[1] and q.shape[2] == k.shape[2]:  # (B, L, H, E) layouts
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return _attention_cost(q, k, v)
+
+
+def _projection(x_tokens: int, weight: torch.Tensor) -> Cost:
+    macs = x_tokens * weight.shape[0] * weight.shape[1]
+    return Cost(macs, 2 * macs + x_tokens * weight.shape[0])  # + bias add
+
+
+def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim: int) -> Cost:
+    """In-projections, attention and out-projection of multi-head attention ((B, L, E) tensors)."""
+    b, lq = math.prod(query.shape[:-2]) or 1, query.shape[-2]
+    lk = key.shape[-2]
+    head = embed_dim // num_heads
+    w = torch.empty(embed_dim, embed_dim, device="meta")
+    proj = _projection(b * lq, w) + _projection(b * lk, w) + _projection(b * lk, w) + _projection(b * lq, w)
+    q = torch.empty(b, num_heads, lq, head, device="meta")
+    kv = torch.empty(b, num_heads, lk, head, device="meta")
+    return proj + _attention_cost(q, kv, kv)
+
+
+@_formula(aten._native_multi_head_attention)
+def _native_mha(args: tuple, kwargs: dict, out: Any) -> Cost:
+    query, key, _value, embed_dim, num_heads = args[:5]
+    return _mha_cost(query, key, int(num_heads), int(embed_dim))
+
+
+@_formula(aten._transformer_encoder_layer_fwd)
+def _encoder_layer(args: tuple, kwargs: dict, out: Any) -> Cost:
+    src, embed_dim, num_heads = args[:3]
+    ffn_w1, ffn_w2 = args[14], args[16]
+    tokens = math.prod(src.shape[:-1])
+    ffn = _projection(tokens, ffn_w1) + _projection(tokens, ffn_w2)
+    norms = Cost(0, 2 * 5 * _numel(src))
+    residual_and_act = Cost(0, 2 * _numel(src) + tokens * ffn_w1.shape[0])
+    return _mha_cost(src, src, int(num_heads), int(embed_dim)) + ffn + norms + residual_and_act
+
+
+@_formula(aten.mkldnn_rnn_layer)
+def _mkldnn_rnn_layer(args: tuple, kwargs: dict, out: Any) -> Cost:
+    """One direction of one LSTM layer: input and hidden GEMMs per time step, plus gate arithmetic."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    steps = _numel(x) // x.shape[-1]                 # time steps * batch
+    macs = steps * (w_ih.numel() + w_hh.numel())
+    hidden = w_hh.shape[1]
+    return Cost(macs, 2 * macs + steps * hidden * 9)  # 4 gate activations, 3 mul, 2 add per hidden unit
+
+
+# --- normalization, pooling, softmax, interpolation -----------------------------------------------------
+@_formula(aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_no_training,
+          aten._native_batch_norm_legit_functional)
+def _batch_norm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    training = args[5] if len(args) > 5 and isinstance(args[5], bool) else False
+    n = _numel(args[0])
+    return Cost(0, (5 if training else 2) * n)  # eval: scale and shift; training: + mean and variance
+
+
+@_formula(aten.native_layer_norm, aten.native_group_norm, aten._fused_rms_norm)
+def _stat_norm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    return Cost(0, 5 * _numel(args[0]))  # mean, variance, normalize, scale, shift per element
+
+
+@_formula(aten._softmax, aten._log_softmax, aten.softmax, aten.log_softmax, aten._safe_softmax)
+def _softmax(args: tuple, kwargs: dict, out: Any) -> Cost:
+    return Cost(0, 3 * _numel(args[0]))  # exp, sum, divide per element
+
+
+@_formula(aten.max_pool1d, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices, aten.avg_pool1d,
+          aten.avg_pool2d, aten.avg_pool3d, aten.max_pool2d, aten.max_pool3d)
+def _pool(args: tuple, kwargs: dict, out: Any) -> Cost:
+    kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size")
+    dims = _first(out).dim() - 2 if isinstance(_first(out), torch.Tensor) else 2
+    kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
+    if len(kernel) == 1:
+        kernel = kernel * max(dims, 1)
+    return Cost(0, _numel(_first(out)) * math.prod(kernel))  # one compare/add per window element
+
+
+@_formula(aten._adaptive_avg_pool2d, aten._adaptive_avg_pool3d, aten.adaptive_max_pool2d,
+          aten.adaptive_max_pool3d, aten.adaptive_avg_pool1d, aten.adaptive_max_pool1d)
+def _adaptive_pool(args: tuple, kwargs: dict, out: Any) -> Cost:
+    return Cost(0, _numel(args[0]))  # every input element is added/compared once
+
+
+_INTERP_POINTS = {"upsample_nearest1d": 0, "upsample_nearest2d": 0, "upsample_nearest3d": 0,
+                  "_upsample_nearest_exact1d": 0, "_upsample_nearest_exact2d": 0,
+                  "_upsample_nearest_exact3d": 0, "upsample_linear1d": 2, "upsample_bilinear2d": 4,
+                  "_upsample_bilinear2d_aa": 4, "upsample_trilinear3d": 8, "upsample_bicubic2d": 16,
+                  "_upsample_bicubic2d_aa": 16}
+
+
+def _interp(points: int) -> Formula:
+    return lambda args, kwargs, out: Cost(0, 2 * points * _numel(_first(out)))  # weighted blend per output
+
+
+for _name, _points in _INTERP_POINTS.items():
+    if hasattr(aten, _name):
+        FORMULAS[getattr(aten, _name)] = _interp(_points)
+
+
+_REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "norm",
+               "linalg_vector_norm", "prod", "cumsum", "cumprod", "logsumexp", "argmax", "argmin", "nansum",
+               "aminmax")
+for _name in _REDUCTIONS:
+    if hasattr(aten, _name):
+        FORMULAS[getattr(aten, _name)] = lambda args, kwargs, out: Cost(0, _numel(args[0]))
+
+
+def pointwise_cost(args: tuple, kwargs: dict, out: Any) -> Cost:
+    """Elementwise ops (ATen's ``pointwise`` tag): one FLOP per output element."""
+    return Cost(0, _numel(_first(out)))
+
+
+# --- ops that move or allocate data and do no arithmetic ------------------------------------------------
+_ZERO_NAMES = (
+    "clone", "copy_", "copy", "_to_copy", "cat", "stack", "empty", "empty_like", "empty_strided", "zeros",
+    "zeros_like", "ones", "ones_like", "full", "full_like", "fill_", "fill", "zero_", "new_empty",
+    "new_zeros", "new_ones", "new_full", "new_empty_strided", "rand", "randn", "randint", "rand_like",
+    "randn_like", "uniform_", "normal_", "bernoulli_", "lift_fresh", "lift_fresh_copy", "detach", "detach_",
+    "contiguous", "index", "index_select", "gather", "scatter", "scatter_", "embedding", "constant_pad_nd",
+    "reflection_pad1d", "reflection_pad2d", "replication_pad2d", "repeat", "expand_copy", "flip", "roll",
+    "arange", "scalar_tensor", "resize_", "set_", "_unsafe_view", "unsafe_split", "split_with_sizes_copy",
+    "masked_select", "nonzero", "index_put_", "index_put", "_index_put_impl_", "slice_scatter",
+    "select_scatter", "alias", "_local_scalar_dense", "item", "repeat_interleave", "tril", "triu",
+    "native_dropout", "dropout", "sort", "topk", "one_hot", "tensor_split", "linspace", "masked_scatter",
+    "_assert_async", "_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride", "pixel_shuffle",
+    "pixel_unshuffle", "channel_shuffle", "im2col", "col2im", "_pad_packed_sequence", "_pack_padded_sequence",
+    "copy_", "to", "_has_compatible_shallow_copy_type", "is_same_size", "equal", "argsort", "bincount",
+    "_fused_sdp_choice", "unfold", "as_strided_scatter", "diagonal_scatter", "as_strided_",
+)
+for _name in _ZERO_NAMES:
+    if hasattr(aten, _name):
+        ZERO_COST.add(getattr(aten, _name))
+
+
+def is_view(func: Any) -> bool:
+    """True for ops whose first output aliases an input (views do no arithmetic)."""
+    returns = func._schema.returns
+    return bool(returns) and returns[0].alias_info is not None and not returns[0].alias_info.is_write
+
+
+# activations ATen does not tag as pointwise; each counts one FLOP per output element too
+_UNTAGGED_POINTWISE = {"hardswish", "hardsigmoid", "hardtanh", "silu", "mish", "elu", "selu", "celu", "gelu",
+                       "leaky_relu", "softplus", "softshrink", "hardshrink", "relu6", "rrelu_with_noise",
+                       "prelu", "_prelu_kernel", "glu", "log_sigmoid_forward", "threshold", "clamp"}
+
+
+def is_pointwise(func: Any) -> bool:
+    """Elementwise ops, in-place variants (``relu_``, ``hardswish_``) judged by their out-of-place op."""
+    name = func.overloadpacket.__name__
+    if torch.Tag.pointwise in func.tags or name.rstrip("_") in _UNTAGGED_POINTWISE:
+        return True
+    if name.endswith("_") and hasattr(aten, name[:-1]):
+        base = getattr(aten, name[:-1])
+        return any(torch.Tag.pointwise in getattr(base, o).tags for o in base.overloads())
+    return False

@@ -1,0 +1,55 @@
+"""Helpers every magic shares: evaluate user expressions, turn core errors into UsageError, display."""
+from __future__ import annotations
+
+import contextlib
+import shlex
+from typing import Any, Iterator
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import parse_argstring
+
+from ..errors import NboptError, describe_exception
+
+
+def parse(magic_func: Any, line: str) -> Any:
+    """``parse_argstring`` that reports bad options as a UsageError with the magic's usage line."""
+    try:
+        return parse_argstring(magic_func, line)
+    except UsageError:
+        raise
+    except SystemExit:  # argparse exits on -h and on errors it cannot format
+        raise UsageError(f"could not parse options {line!r}; see `%{magic_func.__name__}?` for help") from None
+    except ValueError as exc:  # unbalanced quotes from shlex
+        raise UsageError(f"could not parse options {line!r}: {exc}") from None
+
+
+def evaluate(shell: Any, expr: str, what: str) -> Any:
+    """Evaluate ``expr`` in the user namespace; failure is a UsageError naming ``what`` and the expression."""
+    if not expr or not expr.strip():
+        raise UsageError(f"no {what} given; see the magic's help (append `?`)")
+    try:
+        return eval(expr, shell.user_ns)  # noqa: S307 - evaluating the user's own expression is the point
+    except Exception as exc:
+        raise UsageError(f"could not evaluate {what} `{expr}`: {describe_exception(exc)}") from None
+
+
+def split_words(text: str) -> list[str]:
+    """Shell-like split of a magic's free-form argument text."""
+    return shlex.split(text)
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn the core's clear ValueError/TypeError messages into UsageError (no traceback in the notebook)."""
+    try:
+        yield
+    except (NboptError, TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def store(shell: Any, name: str | None, value: Any) -> None:
+    """``-o NAME``: put ``value`` into the user namespace."""
+    if name:
+        if not name.isidentifier():
+            raise UsageError(f"-o needs a Python identifier, got {name!r}")
+        shell.user_ns[name] = value

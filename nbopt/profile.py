@@ -1,0 +1,410 @@
+"""Per-layer profile of a model: params, MACs, FLOPs, latency, activation memory -> :class:`Profile`.
+
+MACs count the multiply-accumulates of convolutions, matrix multiplies (linear, matmul, einsum),
+attention and RNN cells — torchvision's published "GMACs". FLOPs count every floating-point operation:
+``2 * MACs`` plus elementwise, normalization, pooling, softmax and interpolation work
+(see :mod:`nbopt.counting.formulas`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import timing
+from .counting.attribution import OUTSIDE, ModuleNames, ModuleTracker, module_types, per_module_params
+from .counting.counter import OpCounter
+from .counting.thop_engine import self_from_inclusive, thop_layer_macs
+from .errors import NboptError
+from .inputs import as_args, call, check_device, check_finite, check_module, describe_shapes, model_device
+from .model_state import preserved, size_bytes
+
+ENGINES = ("aten", "thop")
+EXECUTIONS = ("auto", "real", "meta")
+COLUMNS = ["type", "depth", "calls", "in_shape", "out_shape", "params", "macs", "flops", "share",
+           "latency_ms", "self_latency_ms", "out_bytes", "intensity", "gflops_per_s", "params_total",
+           "macs_total", "flops_total"]
+
+
+@dataclass
+class Profile:
+    """Where a model's compute goes, one row per module (``table``), plus totals.
+
+    ``table`` columns: ``params``/``macs``/``flops`` are the module's own (rows add up to the totals);
+    ``*_total`` are inclusive of children; ``latency_ms`` is inclusive wall time per forward (median),
+    ``self_latency_ms`` excludes children; ``out_bytes`` is activation memory (output bytes);
+    ``intensity`` is FLOPs per byte moved; ``gflops_per_s`` is achieved throughput.
+    """
+
+    table: pd.DataFrame
+    total_macs: int
+    total_flops: int
+    total_params: int
+    latency_ms: float | None
+    uncounted: dict[str, int] = field(default_factory=dict)
+    coverage: float = 1.0
+    engine: str = "aten"
+    execution: str = "real"
+    inputs: str = ""
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """Rows of modules that do work themselves (leaves and containers with their own ops)."""
+        t = self.table
+        return t[(t["macs"] > 0) | (t["flops"] > 0) | (t["params"] > 0)]
+
+    def top(self, k: int = 10, by: str = "macs") -> pd.DataFrame:
+        """The ``k`` layers with the most ``by`` (own counts: macs, flops, params, self_latency_ms ...)."""
+        if by not in self.table.columns:
+            raise NboptError(f"unknown column {by!r}; choose one of {', '.join(self.table.columns)}")
+        return self.layers.sort_values(by, ascending=False).head(k)
+
+    def by_type(self) -> pd.DataFrame:
+        """Totals grouped by layer type (own counts, so nothing is counted twice)."""
+        cols = ["params", "macs", "flops", "self_latency_ms", "out_bytes"]
+        grouped = self.layers.groupby("type")[cols].sum()
+        grouped.insert(0, "count", self.layers.groupby("type").size())
+        grouped["share"] = grouped["macs"] / self.total_macs if self.total_macs else 0.0
+        return grouped.sort_values("macs", ascending=False)
+
+    def at_depth(self, depth: int) -> pd.DataFrame:
+        """The tree collapsed to ``depth`` levels: deeper modules fold into their ancestor's inclusive row."""
+        t = self.table
+        kept = t[t["depth"] <= depth].copy()
+        folded = kept["depth"] == depth
+        for own, total in (("params", "params_total"), ("macs", "macs_total"), ("flops", "flops_total"),
+                           ("self_latency_ms", "latency_ms")):
+            kept.loc[folded, own] = kept.loc[folded, total]
+        kept["share"] = kept["macs"] / self.total_macs if self.total_macs else 0.0
+        return kept
+
+    def summary(self) -> dict[str, Any]:
+        """Totals as a plain dict."""
+        return {"params": self.total_params, "macs": self.total_macs, "flops": self.total_flops,
+                "latency_ms": self.latency_ms, "coverage": self.coverage, "uncounted": dict(self.uncounted),
+                "engine": self.engine, "inputs": self.inputs}
+
+    def plot(self, k: int = 10, **kwargs: Any) -> Any:
+        """Top layers by MACs beside top layers by latency (matplotlib; drawn by :mod:`nbopt.render`)."""
+        from .render import plot_profile  # front-end imported on demand: the core stays matplotlib-free
+        return plot_profile(self, k=k, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .render import profile_html
+        return profile_html(self)
+
+    def __repr__(self) -> str:
+        lat = f", latency={self.latency_ms:.3f} ms" if self.latency_ms is not None else ""
+        return (f"Profile(params={self.total_params:,}, macs={self.total_macs:,}, flops={self.total_flops:,}"
+                f"{lat}, layers={len(self.layers)}, engine={self.engine!r})")
+
+
+class _ThopProxy:
+    """Looks like the module to a thop-style counting rule, but collects ``total_ops`` on itself."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.__dict__.update(_module=module, total_ops=0, total_params=0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_module"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__[name] = value
+
+
+def _custom_rule_exit(custom_ops: Mapping[type, Callable], tracker_ref: list[ModuleTracker]) -> Callable:
+    def on_exit(module: nn.Module, st: Any, args: tuple, output: Any) -> None:
+        rule = custom_ops.get(type(module))
+        if rule is None or tracker_ref[0].suppressed:
+            return
+        proxy = _ThopProxy(module)
+        rule(proxy, args, output)
+        macs = int(float(proxy.total_ops))
+        st.macs += macs
+        st.flops += 2 * macs
+    return on_exit
+
+
+def _check_op_types(ops: Any, what: str) -> dict | tuple:
+    if ops is None:
+        return {} if what == "custom_ops" else ()
+    items = ops.keys() if isinstance(ops, Mapping) else ops
+    for t in items:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"{what} must hold nn.Module subclasses (e.g. nn.ReLU), got {t!r}")
+    if what == "custom_ops" and not isinstance(ops, Mapping):
+        raise TypeError("custom_ops must be a dict {ModuleType: rule(module, inputs, output)} as in thop")
+    return dict(ops) if isinstance(ops, Mapping) else tuple(ops)
+
+
+def _new_tracker(names: ModuleNames, custom_ops: dict, ignore_ops: tuple,
+                 on_new_root: Callable | None = None) -> ModuleTracker:
+    ref: list[ModuleTracker] = []
+    tracker = ModuleTracker(names, on_new_root=on_new_root, suppress_types=tuple(custom_ops) + ignore_ops,
+                            on_exit=_custom_rule_exit(custom_ops, ref) if custom_ops else None)
+    ref.append(tracker)
+    return tracker
+
+
+def _meta(obj: Any) -> Any:
+    return torch.utils._pytree.tree_map(
+        lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, obj)
+
+
+def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, on_meta: bool) -> OpCounter:
+    counter = OpCounter(tracker)
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    meta_state = _meta(state) if on_meta else None
+    margs, mkwargs = (_meta(args), _meta(kwargs)) if on_meta else (args, kwargs)
+    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active(), counter:
+        if on_meta:
+            torch.func.functional_call(model, meta_state, margs, mkwargs)
+        else:
+            call(model, _as_inputs(margs, mkwargs))
+    return counter
+
+
+def _as_inputs(args: tuple, kwargs: dict) -> Any:
+    if kwargs and args:
+        raise NboptError("pass either positional inputs (tuple) or keyword inputs (dict), not both")
+    return kwargs if kwargs else args
+
+
+def _count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
+                ignore_ops: tuple, execution: str) -> tuple[ModuleTracker, OpCounter, str]:
+    if execution in ("auto", "meta"):
+        tracker = _new_tracker(names, custom_ops, ignore_ops)
+        try:
+            return tracker, _run_counted(model, args, kwargs, tracker, on_meta=True), "meta"
+        except Exception as exc:  # an op without a meta kernel or a data-dependent branch: run it for real
+            if execution == "meta":
+                raise NboptError(f"this model cannot run on meta tensors ({exc}); use execution='real'") from None
+    tracker = _new_tracker(names, custom_ops, ignore_ops)
+    return tracker, _run_counted(model, args, kwargs, tracker, on_meta=False), "real"
+
+
+def _ancestors(name: str, present: set[str]) -> list[str]:
+    """Enclosing modules of ``name`` that appear in the table, nearest first."""
+    if name == "(root)":
+        return []
+    out = []
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        if name in present:
+            out.append(name)
+    if "(root)" in present:
+        out.append("(root)")
+    return out
+
+
+def build_table(names: ModuleNames, tracker: ModuleTracker | None, own_macs: Mapping[str, float] | None = None,
+                own_flops: Mapping[str, float] | None = None, latencies: Mapping[str, float] | None = None
+                ) -> pd.DataFrame:
+    """Assemble the per-module DataFrame (own and inclusive counts, latency, memory, intensity)."""
+    types = module_types(names)
+    params = per_module_params(names)
+    stats = tracker.stats if tracker is not None else {}
+    rows = list(types) + [n for n in stats if n not in types]
+    df = pd.DataFrame(index=pd.Index(rows, name="module"))
+    df["type"] = [types.get(n) or (stats[n].type if n in stats else "") for n in rows]
+    df["depth"] = [0 if n in ("(root)", OUTSIDE) else n.count(".") + (1 if "(root)" in types else 0)
+                   for n in rows]
+    df["calls"] = [stats[n].calls if n in stats else 0 for n in rows]
+    df["in_shape"] = [_fmt_shapes(stats[n].in_shapes) if n in stats else "" for n in rows]
+    df["out_shape"] = [_fmt_shapes(stats[n].out_shapes) if n in stats else "" for n in rows]
+    df["params"] = [params.get(n, 0) for n in rows]
+    src_macs = own_macs if own_macs is not None else {n: s.macs for n, s in stats.items()}
+    src_flops = own_flops if own_flops is not None else {n: s.flops for n, s in stats.items()}
+    df["macs"] = [int(src_macs.get(n, 0)) for n in rows]
+    df["flops"] = [int(src_flops.get(n, 0)) for n in rows]
+    present = set(rows)
+    for own in ("params", "macs", "flops"):
+        total = dict(zip(rows, df[own]))
+        for n, v in zip(rows, df[own]):
+            for a in _ancestors(n, present):
+                total[a] += v
+        df[f"{own}_total"] = [total[n] for n in rows]
+    total_macs = int(df["macs"].sum())
+    df["share"] = df["macs"] / total_macs if total_macs else 0.0
+    lat = latencies or {}
+    df["latency_ms"] = [lat.get(n, math.nan) for n in rows]
+    child_lat = {n: 0.0 for n in rows}
+    for n in rows:
+        parent = _ancestors(n, present)[:1]
+        if parent and n in lat:
+            child_lat[parent[0]] += lat[n]
+    df["self_latency_ms"] = [lat[n] - child_lat[n] if n in lat else math.nan for n in rows]
+    df["out_bytes"] = [stats[n].out_bytes if n in stats else 0 for n in rows]
+    moved = [(stats[n].in_bytes + stats[n].out_bytes if n in stats else 0) for n in rows]
+    param_bytes = df["params_total"] * 4
+    df["intensity"] = df["flops_total"] / (pd.Series(moved, index=df.index) + param_bytes).where(lambda s: s > 0)
+    df["gflops_per_s"] = df["flops_total"] / (df["latency_ms"] * 1e6)
+    return df[COLUMNS]
+
+
+def _fmt_shapes(shapes: list) -> str:
+    return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
+def _latency(fn: Callable[[], Any], names: ModuleNames, warmup: int, repeat: int | None,
+             device: torch.device) -> tuple[float, dict[str, float]]:
+    for _ in range(max(0, warmup)):
+        with torch.no_grad():
+            fn()
+    n = repeat if repeat is not None else timing.auto_repeat(fn, device=device)
+    total = timing.measure(fn, warmup=0, repeat=n, device=device).median_ms
+    per_module = timing.module_latencies(fn, names.names, repeat=n, device=device)
+    return total, per_module
+
+
+def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str = "aten",
+            custom_ops: Mapping[type, Callable] | None = None, ignore_ops: Any = None,
+            warmup: int = 2, repeat: int | None = None, execution: str = "auto") -> Profile:
+    """Profile ``model`` on ``inputs`` (a tensor, a tuple of positional tensors or a dict of kwargs).
+
+    ``engine="aten"`` counts at the ATen dispatch level (complete: functional ops, attention, einsum,
+    interpolation, RNNs); ``engine="thop"`` reports thop's own numbers. ``custom_ops`` maps module types to
+    thop-style rules ``rule(module, inputs, output)`` that add to ``module.total_ops`` (MACs);
+    ``ignore_ops`` lists module types whose counts are dropped. ``latency=True`` measures the whole forward
+    and every module (median of ``repeat`` runs after ``warmup``; ``repeat=None`` fits about a second).
+    ``execution="auto"`` counts on meta tensors when only shapes are needed (no latency), falling back to a
+    real run. The model is run in eval mode under ``no_grad`` and left exactly as it was.
+    """
+    check_module(model)
+    if engine not in ENGINES:
+        raise NboptError(f"unknown engine {engine!r}; use one of {ENGINES}")
+    if execution not in EXECUTIONS:
+        raise NboptError(f"unknown execution {execution!r}; use one of {EXECUTIONS}")
+    if repeat is not None and repeat < 1:
+        raise NboptError(f"repeat must be at least 1, got {repeat}")
+    custom = _check_op_types(custom_ops, "custom_ops")
+    ignore = _check_op_types(ignore_ops, "ignore_ops")
+    args, kwargs = as_args(inputs)
+    check_device(model, inputs)
+    check_finite(inputs)
+    names = ModuleNames()
+    names.add_root(model)
+    if engine == "thop":
+        if kwargs:
+            raise NboptError("engine='thop' takes positional inputs only (thop has no keyword inputs); "
+                             "use engine='aten' for dict inputs")
+        call_fn = lambda: call(model, args)  # noqa: E731
+        with preserved(model, eval_mode=True), torch.no_grad():
+            call_fn()  # a clear ForwardError before thop sees bad inputs
+            total, inclusive = thop_layer_macs(model, args, custom, ignore)
+        own = self_from_inclusive(inclusive)
+        tracker = _new_tracker(names, {}, ())
+        with preserved(model, eval_mode=True), torch.no_grad(), tracker.active():
+            call_fn()  # shapes and activation bytes
+        for st in tracker.stats.values():
+            st.macs = st.flops = 0
+        counter, used = None, "real"
+        own_macs, own_flops = own, {k: 2 * v for k, v in own.items()}
+    else:
+        if execution == "auto" and latency:
+            execution = "real"
+        tracker, counter, used = _count_aten(model, args, kwargs, names, custom, ignore, execution)
+        own_macs = own_flops = None
+    total_ms, per_module = None, None
+    if latency:
+        run = lambda: model(*args, **kwargs)  # noqa: E731
+        with preserved(model, eval_mode=True):
+            total_ms, per_module = _latency(run, names, warmup, repeat, model_device(model))
+    table = build_table(names, tracker, own_macs, own_flops, per_module)
+    return Profile(table=table, total_macs=int(table["macs"].sum()), total_flops=int(table["flops"].sum()),
+                   total_params=int(table["params"].sum()), latency_ms=total_ms,
+                   uncounted=dict(counter.uncounted) if counter else {},
+                   coverage=counter.coverage if counter else 1.0, engine=engine, execution=used,
+                   inputs=describe_shapes(inputs))
+
+
+def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str | None],
+                 latency: bool = True, custom_ops: Mapping[type, Callable] | None = None,
+                 ignore_ops: Any = None, warmup: int = 2, repeat: int | None = None) -> tuple[Profile, Any]:
+    """Profile every ``nn.Module`` forward that ``run()`` performs (the cell magic's core).
+
+    ``name_for(module)`` names each model that starts running at top level (``None`` skips it). ``run`` is
+    executed once, as it is (its value is returned); latency replays the recorded model calls in eval mode.
+    """
+    custom = _check_op_types(custom_ops, "custom_ops")
+    ignore = _check_op_types(ignore_ops, "ignore_ops")
+    names = ModuleNames()
+    roots: list[tuple[nn.Module, str]] = []
+
+    def on_new_root(module: nn.Module) -> str | None:
+        prefix = name_for(module)
+        if prefix is not None:
+            roots.append((module, prefix))
+        return prefix
+
+    tracker = _new_tracker(names, custom, ignore, on_new_root)
+    tracker.record_root_calls = True
+    counter = OpCounter(tracker)
+    with tracker.active(), counter:
+        value = run()
+    if not roots:
+        raise NboptError("the code ran no torch.nn.Module; call a model in it, e.g. `model(x)`")
+    total_ms, per_module = None, None
+    if latency and tracker.root_calls:
+        calls = list(tracker.root_calls)
+
+        def replay() -> None:
+            for module, a, kw in calls:
+                module(*a, **kw)
+
+        flags_ctx = [preserved(m, eval_mode=True) for m, _ in roots]
+        for ctx in flags_ctx:
+            ctx.__enter__()
+        try:
+            total_ms, per_module = _latency(replay, names, warmup, repeat, model_device(roots[0][0]))
+        finally:
+            for ctx in reversed(flags_ctx):
+                ctx.__exit__(None, None, None)
+    table = build_table(names, tracker, latencies=per_module)
+    prof = Profile(table=table, total_macs=int(table["macs"].sum()), total_flops=int(table["flops"].sum()),
+                   total_params=int(table["params"].sum()), latency_ms=total_ms, uncounted=dict(counter.uncounted),
+                   coverage=counter.coverage, engine="aten", execution="real",
+                   inputs="; ".join(describe_shapes((a, kw) if kw else a) for _, a, kw in tracker.root_calls[:3]))
+    return prof, value
+
+
+def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = True, warmup: int = 2,
+            repeat: int = 10) -> pd.DataFrame:
+    """Several model variants side by side on the same inputs: params, MACs, FLOPs, latency, size.
+
+    Latencies are measured interleaved (A, B, A, B ...) so machine load affects all alike. Ratio columns
+    (``*_vs_first``) divide each row by the first row.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
+    for name, m in models.items():
+        check_module(m, f"models[{name!r}]")
+    rows = {}
+    for name, m in models.items():
+        p = profile(m, inputs, latency=False)
+        rows[name] = {"params": p.total_params, "macs": p.total_macs, "flops": p.total_flops,
+                      "size_bytes": size_bytes(m)}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    if latency:
+        args, kwargs = as_args(inputs)
+        fns = {}
+        ctxs = [preserved(m, eval_mode=True) for m in models.values()]
+        for ctx in ctxs:
+            ctx.__enter__()
+        try:
+            for name, m in models.items():
+                fns[name] = (lambda mm: (lambda: mm(*args, **kwargs)))(m)
+            timings = timing.compare(fns, warmup=warmup, repeat=repeat)
+        finally:
+            for ctx in reversed(ctxs):
+                ctx.__exit__(None, None, None)
+        df["latency_ms"] = [timings[n].median_ms for n in df.index]
+    first = df.iloc[0]
+    for col in [c for c in ("params", "macs", "flops", "latency_ms", "size_bytes") if c in df]:
+        df[f"{col}_vs_first"] = df[col] / first[col] if first[col] else math.nan
+    df.index.name = "model"
+    return df
