@@ -23,6 +23,13 @@ _EXPORTS: dict[str, str] = {
     "clever_format": ".counting.thop_engine",
     "NboptError": ".errors",
     "Timing": ".timing",
+    "fuse": ".deployment",
+    "export": ".deployment",
+    "ExportResult": ".deployment",
+    "compatibility": ".deployment",
+    "peak_memory": ".deployment",
+    "threads_sweep": ".deployment",
+    "optimize": ".deployment",
 }
 
 

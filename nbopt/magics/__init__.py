@@ -7,6 +7,7 @@ from typing import Any
 # (module, class) of every Magics subclass; each capability adds its own line
 MAGICS: list[tuple[str, str]] = [
     (".profile", "ProfileMagics"),
+    (".export", "ExportMagics"),
 ]
 
 

@@ -1,0 +1,224 @@
+"""``optimize``: profile -> fuse -> prune -> quantize -> export -> verify, one measured row per step."""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..errors import NboptError
+from ..inputs import batch_inputs, batches, call, check_device, check_module
+from ..model_state import working_copy
+from ..timing import compare
+from .export import ExportResult, check_format, export
+from .fuse import fuse
+from .runtime import RuntimeModule
+
+STEPS = ("profile", "fuse", "prune", "quantize", "export", "verify")
+COLUMNS = ["step", "status", "params", "macs", "file_bytes", "latency_ms", "original_latency_ms", "speedup",
+           "accuracy", "top1_agreement", "max_abs_diff", "note"]
+
+
+@dataclass
+class OptimizeResult:
+    """One row per pipeline step (``table``), the final runtime model and the export."""
+
+    table: pd.DataFrame
+    model: nn.Module | None = None             # the exported program in its runtime (or the last torch model)
+    export: ExportResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        """Original eager latency / final latency, measured interleaved in the last step."""
+        return float(self.table["speedup"].iloc[-1]) if len(self.table) else math.nan
+
+    def _repr_html_(self) -> str:
+        return self.table.to_html(float_format=lambda v: f"{v:.4g}")
+
+    def __repr__(self) -> str:
+        return f"OptimizeResult(speedup {self.speedup:.2f}x)\n{self.table.to_string()}"
+
+
+@dataclass
+class _State:
+    model: nn.Module
+    params: float = math.nan
+    macs: float = math.nan
+    file_bytes: float = math.nan
+
+
+def check_steps(steps: Iterable[str]) -> list[str]:
+    """Steps in pipeline order, or an error listing the valid names."""
+    names = [str(s).lower() for s in steps]
+    bad = [s for s in names if s not in STEPS]
+    if bad:
+        raise NboptError(f"unknown pipeline step(s) {bad}; valid steps, in order: {', '.join(STEPS)}.")
+    return [s for s in STEPS if s in names]
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())``: the checkpoint a step would ship."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def count(model: nn.Module, inputs: Any) -> tuple[float, float]:
+    """(params, MACs) from nbopt.profile."""
+    from ..profile import profile
+
+    p = profile(model, inputs, latency=False)
+    return float(p.total_params), float(p.total_macs)
+
+
+def outputs_on(model: nn.Module, calib: Any, limit: int) -> list[torch.Tensor]:
+    """Model outputs (first tensor) on up to ``limit`` calibration batches."""
+    outs = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches(calib)):
+            if i >= limit:
+                break
+            out = call(model, batch_inputs(batch))
+            outs.append((out[0] if isinstance(out, (tuple, list)) else out).detach().float())
+    return outs
+
+
+def fidelity(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(top-1 agreement, max |diff|) of ``outputs`` against ``reference``."""
+    ref, out = torch.cat([r.flatten(1) for r in reference]), torch.cat([o.flatten(1) for o in outputs])
+    agree = (ref.argmax(1) == out.argmax(1)).float().mean().item() if ref.shape[1] > 1 else math.nan
+    return agree, (ref - out).abs().max().item()
+
+
+class _Run:
+    """Shared context of one optimize() call: the original model, inputs, measurements."""
+
+    def __init__(self, original, inputs, calib, evaluate, repeat, fidelity_batches):
+        self.original, self.inputs, self.calib, self.evaluate = original, inputs, calib, evaluate
+        self.repeat, self.limit = repeat, fidelity_batches
+        self.reference = outputs_on(original, calib, fidelity_batches)
+        self.rows: list[dict[str, Any]] = []
+
+    def row(self, step: str, state: _State, measured: nn.Module, note: str = "", status: str = "done") -> None:
+        t = compare({"original": lambda: call(self.original, self.inputs),
+                     "step": lambda: call(measured, self.inputs)}, repeat=self.repeat)
+        agree, diff = fidelity(self.reference, outputs_on(measured, self.calib, self.limit))
+        self.rows.append({"step": step, "status": status, "params": state.params, "macs": state.macs,
+                          "file_bytes": state.file_bytes, "latency_ms": t["step"].median_ms,
+                          "original_latency_ms": t["original"].median_ms,
+                          "speedup": t["original"].median_ms / t["step"].median_ms,
+                          "accuracy": float(self.evaluate(measured)) if self.evaluate else math.nan,
+                          "top1_agreement": agree, "max_abs_diff": diff, "note": note})
+
+    def skip(self, step: str, reason: str) -> None:
+        self.rows.append({"step": step, "status": "skipped", "note": reason})
+
+
+def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
+             steps: Iterable[str] = STEPS, prune_amount: float = 0.5, finetune: Callable[[nn.Module], Any] | None = None,
+             quant_backend: str = "onnxruntime", format: str = "onnx", path: Any = None, repeat: int = 20,
+             fidelity_batches: int = 4, progress: bool = True) -> OptimizeResult:
+    """Run the deployment pipeline on a copy of ``model``; every step is measured against the original.
+
+    ``calib``: calibration batches (quantization, and the fidelity columns). ``evaluate(model) -> accuracy``
+    adds an accuracy column. ``prune_amount``: fraction of channels removed (structured, ``nbopt.Pruner``);
+    ``finetune(model)`` trains the pruned model (in place or returning it) before quantization.
+    ``quant_backend``: nbopt.quantize int8 backend ("onnxruntime", "pt2e" or "auto"). ``format``: export
+    target. Each row times the step's model interleaved with the original (``speedup`` is that pair's ratio).
+    """
+    check_module(model)
+    check_device(model, example_inputs)
+    names = check_steps(steps)
+    fmt = check_format(format)
+    if calib is None:
+        raise NboptError("optimize needs calib= (a few calibration batches, e.g. demo.calibration_data()); "
+                         "it calibrates int8 and measures fidelity against the original.")
+    if "quantize" in names and quant_backend == "onnxruntime" and fmt != "onnx" and "export" in names:
+        raise NboptError(f"an onnxruntime int8 model exports only to ONNX; use format='onnx' or "
+                         f"quant_backend='pt2e' for format={fmt!r}.")
+    original = working_copy(model).eval()
+    run = _Run(original, example_inputs, calib, evaluate, repeat, fidelity_batches)
+    state = _State(working_copy(model).eval())
+    result = OptimizeResult(pd.DataFrame())
+    from tqdm.auto import tqdm
+
+    for step in tqdm(names, desc="optimize", disable=not progress):
+        _STEP_FUNCS[step](run, state, result, prune_amount=prune_amount, finetune=finetune,
+                          backend=quant_backend, fmt=fmt, path=path, progress=progress)
+    result.table = pd.DataFrame(run.rows, columns=COLUMNS).set_index("step")
+    result.model = result.model or state.model
+    return result
+
+
+def _profile(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
+    state.params, state.macs = count(state.model, run.inputs)
+    state.file_bytes = state_dict_bytes(state.model)
+    run.row("profile", state, state.model, "original model, eager PyTorch fp32")
+
+
+def _fuse(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
+    fused = fuse(state.model, run.inputs)
+    state.model = fused.model
+    state.params, state.macs = count(state.model, run.inputs)
+    state.file_bytes = state_dict_bytes(state.model)
+    run.row("fuse", state, state.model, f"{len(fused.fused)} BatchNorms folded, {len(fused.removed)} "
+                                        f"training-only modules removed (max |diff| {fused.max_abs_diff:.1e})")
+
+
+def _prune(run: _Run, state: _State, result: OptimizeResult, *, prune_amount: float, finetune: Any,
+           progress: bool, **_: Any) -> None:
+    if not prune_amount:
+        run.skip("prune", "prune_amount=0")
+        return
+    try:
+        from ..pruning import Pruner
+    except ImportError as exc:
+        run.skip("prune", f"nbopt.pruning is not available ({exc})")
+        return
+    pruner = Pruner(state.model, run.inputs, progress=progress).set(amount=prune_amount, structured=True)
+    state.model = pruner.export().eval()
+    note = f"structured: {prune_amount:.0%} of channels removed"
+    if finetune is not None:
+        tuned = finetune(state.model)
+        state.model = (tuned if isinstance(tuned, nn.Module) else state.model).eval()
+        note += ", fine-tuned"
+    state.params, state.macs = count(state.model, run.inputs)
+    state.file_bytes = state_dict_bytes(state.model)
+    run.row("prune", state, state.model, note)
+
+
+def _quantize(run: _Run, state: _State, result: OptimizeResult, *, backend: str, progress: bool, **_: Any) -> None:
+    try:
+        from ..quantization import quantize
+    except ImportError as exc:
+        run.skip("quantize", f"nbopt.quantization is not available ({exc})")
+        return
+    q = quantize(state.model, run.calib, mode="int8", backend=backend, progress=progress, repeat=3)
+    state.model = q.model
+    state.file_bytes = q.size_bytes["quantized"]["disk"]
+    run.row("quantize", state, state.model, f"{q.label}; params and MACs as before (same layers, int8 kernels)")
+
+
+def _export(run: _Run, state: _State, result: OptimizeResult, *, fmt: str, path: Any, **_: Any) -> None:
+    ex = export(state.model, run.inputs, fmt, path, latency=False)
+    result.export = ex
+    state.file_bytes = ex.file_bytes
+    result.model = RuntimeModule(ex.path, fmt, run.inputs)
+    run.row("export", state, result.model, f"{ex.path.name} in {ex.runtime}; {sum(ex.operators.values())} "
+                                           f"operators; max |diff| vs the step before {ex.max_abs_diff:.1e}")
+
+
+def _verify(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
+    final = result.model or state.model
+    where = f"{result.export.runtime}" if result.export else "eager PyTorch (no export step)"
+    run.row("verify", state, final, f"final model in {where} vs the original eager fp32 model; "
+                                    "accuracy on the evaluate() data")
+
+
+_STEP_FUNCS = {"profile": _profile, "fuse": _fuse, "prune": _prune, "quantize": _quantize, "export": _export,
+               "verify": _verify}

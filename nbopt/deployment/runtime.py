@@ -1,0 +1,59 @@
+"""An exported file loaded in its own runtime, called like a torch module (for evaluation and timing)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..inputs import tensors_in
+
+
+class RuntimeModule(nn.Module):
+    """Runs an exported program (onnxruntime, torch.jit or ExecuTorch) on torch tensors.
+
+    Programs exported with a fixed batch size get larger batches in chunks of that size (the last
+    chunk padded), so ``demo.evaluate`` and other loaders work unchanged.
+    """
+
+    def __init__(self, path: str | Path, format: str, example_inputs: Any):
+        super().__init__()
+        from .export import _RUNNERS
+
+        self.path, self.format = Path(path), format
+        self.example = [t.clone() for t in tensors_in(example_inputs)]
+        self.batch = self.example[0].shape[0] if self.example and self.example[0].dim() else None
+        self._runners: dict[tuple, Any] = {}
+        self._make = _RUNNERS[format]
+
+    def _run(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple(tuple(t.shape) for t in tensors)
+        if key not in self._runners:  # the runner binds its inputs; keep one per shape
+            holder = [t.clone() for t in tensors]
+            self._runners[key] = (holder, self._make(self.path, tuple(holder)))
+        holder, run = self._runners[key]
+        for h, t in zip(holder, tensors):
+            h.copy_(t)
+        out = run()
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def forward(self, *args: Any) -> Any:
+        tensors = list(tensors_in(args))
+        n = tensors[0].shape[0] if tensors and tensors[0].dim() else None
+        if self.batch is None or n == self.batch or self.format == "torchscript":
+            outs = self._run(tensors)
+        else:
+            outs = self._chunked(tensors, n)
+        outs = [torch.as_tensor(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _chunked(self, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+        pieces = []
+        for start in range(0, n, self.batch):
+            chunk = [t[start:start + self.batch] for t in tensors]
+            size = chunk[0].shape[0]
+            if size < self.batch:
+                chunk = [torch.cat([c, c[-1:].expand(self.batch - size, *c.shape[1:])]) for c in chunk]
+            pieces.append([o[:size] for o in self._run(chunk)])
+        return [torch.cat(parts) for parts in zip(*pieces)]
