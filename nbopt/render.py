@@ -19,8 +19,9 @@ def readable(value: Any, fmt: str = "%.2f") -> str:
     """``1234567 -> '1.23M'`` in thop's clever_format style; NaN stays blank."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    text = clever_format(float(value), fmt)
-    return text[:-1] if text.endswith("B") else text  # thop marks plain numbers with "B"
+    if abs(value) < 1e3:
+        return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+    return clever_format(float(value), fmt)
 
 
 def readable_bytes(value: Any) -> str:

@@ -1,0 +1,6 @@
+"""``python -m nbopt ...`` (see :mod:`nbopt.cli`)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
