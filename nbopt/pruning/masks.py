@@ -1,0 +1,149 @@
+"""Reversible unstructured L1 masks: magnitudes sorted once, any setting applied from the kept original.
+
+Each prunable weight keeps an untouched clone of its original values and a stable rank of every
+element by magnitude; a setting becomes "the k smallest of this layer are zero", so it is exact
+(ties broken by position) and reverting to k = 0 copies the original back bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import NboptError
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class LayerMask:
+    """One prunable weight: its original values, magnitudes sorted ascending, and the current k."""
+
+    name: str
+    module: nn.Module
+    original: torch.Tensor
+    sorted_abs: torch.Tensor
+    _rank: torch.Tensor | None = field(default=None, repr=False)
+    k: int = 0
+
+    @property
+    def numel(self) -> int:
+        return self.original.numel()
+
+    @property
+    def rank(self) -> torch.Tensor:
+        """Position of every element in the stable magnitude order (built on first use)."""
+        if self._rank is None:
+            order = torch.argsort(self.original.abs().flatten(), stable=True)
+            rank = torch.empty(self.numel, dtype=torch.int32)
+            rank[order] = torch.arange(self.numel, dtype=torch.int32)
+            self._rank = rank.view_as(self.original)
+        return self._rank
+
+    def count_below(self, threshold: float) -> int:
+        """How many weights have magnitude strictly below ``threshold``."""
+        t = torch.tensor([threshold], dtype=self.sorted_abs.dtype)
+        return int(torch.searchsorted(self.sorted_abs, t, right=False))
+
+    def apply(self, k: int) -> None:
+        """Zero the ``k`` smallest-magnitude weights (k = 0 restores the original bit for bit)."""
+        k = int(k)
+        if k == self.k:
+            return
+        w = self.module.weight.data
+        if k == 0:
+            w.copy_(self.original)
+        else:
+            torch.mul(self.original, self.rank >= k, out=w)
+        self.k = k
+
+
+def prunable_layers(model: nn.Module, layers: list[str] | None = None,
+                    exclude: list[str] | None = None) -> dict[str, nn.Module]:
+    """Conv/Linear modules by qualified name, filtered by ``layers``/``exclude`` (names or prefixes)."""
+    found: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor) \
+                and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            found[name] = m
+    check_names(model, found, layers, "layers")
+    check_names(model, found, exclude, "exclude")
+    if layers is not None:
+        found = {n: m for n, m in found.items() if any(_matches(n, p) for p in layers)}
+    if exclude:
+        found = {n: m for n, m in found.items() if not any(_matches(n, p) for p in exclude)}
+    if not found:
+        raise NboptError("no prunable Conv/Linear layer is left to prune; check layers=/exclude= "
+                         f"(prunable layers: {', '.join(list(_all_prunable(model))[:8])} ...)")
+    return found
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def _all_prunable(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] | None, what: str) -> None:
+    """Raise naming the unknown layer and a few valid ones when a name matches no module."""
+    if names is None:
+        return
+    if isinstance(names, str):
+        raise TypeError(f"{what}= takes a list of layer names, e.g. {what}=[{names!r}]")
+    modules = [n for n, _ in model.named_modules() if n]
+    for pattern in names:
+        if not any(_matches(n, pattern) for n in modules):
+            close = [n for n in found if pattern.split(".")[-1] in n][:5] or list(found)[:5]
+            raise NboptError(f"{what}= names layer {pattern!r}, which the model does not have; "
+                             f"use a qualified module name such as {', '.join(close)}.")
+
+
+def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[str, LayerMask]:
+    """Clone every weight and rank its magnitudes once (the slow part; setting masks is then cheap)."""
+    from tqdm.auto import tqdm
+
+    masks = {}
+    for name, m in tqdm(layers.items(), desc="sort weight magnitudes", disable=not progress):
+        original = m.weight.detach().clone()
+        mags = original.abs().flatten().float()
+        order = torch.argsort(mags, stable=True)
+        rank = torch.empty(mags.numel(), dtype=torch.int32)
+        rank[order] = torch.arange(mags.numel(), dtype=torch.int32)
+        masks[name] = LayerMask(name, m, original, mags[order], rank.view_as(original))
+    return masks
+
+
+def global_counts(masks: list[LayerMask], k_total: int) -> dict[str, int]:
+    """Split ``k_total`` pruned weights across layers by one global magnitude order (exact count).
+
+    Bisects the float32 threshold t so that #(|w| < t) <= k_total <= #(|w| <= t), then gives the
+    remaining ties at t to layers in order.
+    """
+    if k_total <= 0:
+        return {m.name: 0 for m in masks}
+    lo, hi = 0, 0x7F800000  # non-negative float32 bit patterns are ordered like their values
+    as_float = lambda bits: torch.tensor([bits], dtype=torch.int32).view(torch.float32)  # noqa: E731
+    while lo < hi:  # smallest t with #(|w| <= t) >= k_total
+        mid = (lo + hi) // 2
+        t = as_float(mid)
+        n = sum(int(torch.searchsorted(m.sorted_abs, t, right=True)) for m in masks)
+        if n >= k_total:
+            hi = mid
+        else:
+            lo = mid + 1
+    t = as_float(lo)
+    counts = {m.name: int(torch.searchsorted(m.sorted_abs, t, right=False)) for m in masks}
+    left = k_total - sum(counts.values())
+    for m in masks:
+        if left <= 0:
+            break
+        ties = int(torch.searchsorted(m.sorted_abs, t, right=True)) - counts[m.name]
+        take = min(ties, left)
+        counts[m.name] += take
+        left -= take
+    return counts

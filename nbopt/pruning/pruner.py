@@ -1,0 +1,277 @@
+"""``Pruner``: prepare once, then move between pruning settings quickly and reversibly."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..errors import NboptError
+from ..inputs import call, check_device, check_finite, check_module
+from ..model_state import preserved, working_copy
+from . import structured as S
+from .masks import LayerMask, build_masks, check_names, global_counts, prunable_layers
+
+SCOPES = ("global", "layer")
+
+
+class Pruner:
+    """Reversible pruning of a working copy of ``model``; the model you pass is never modified.
+
+    >>> pruner = Pruner(model, x)            # sorts magnitudes once
+    >>> pruner.set(amount=0.5)               # global L1, unstructured; fast enough for a slider
+    >>> pruner.set(amount=0.3, structured=True)   # remove 30% of channels (preview by zeroing)
+    >>> pruner.report                        # per-layer DataFrame
+    >>> small = pruner.export()              # independent model (channels physically removed)
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, layers: list[str] | None = None,
+                 exclude: list[str] | None = None, criterion: str = "l1", round_to: int = 8,
+                 progress: bool = True) -> None:
+        check_module(model)
+        check_finite(example_inputs, "example_inputs")
+        check_device(model, example_inputs)
+        if criterion not in S.CRITERIA:
+            raise NboptError(f"criterion must be one of {S.CRITERIA} (L1/L2 norm or BatchNorm scale), got {criterion!r}")
+        if not isinstance(round_to, int) or round_to < 1:
+            raise NboptError(f"round_to must be a positive int (8 suits most CPU kernels), got {round_to!r}")
+        self.original = model
+        self.example_inputs = example_inputs
+        self.criterion, self.round_to = criterion, round_to
+        self._explicit_layers = list(layers) if layers is not None else None
+        self.model = working_copy(model)
+        with preserved(self.model, eval_mode=True), torch.no_grad():
+            call(self.model, example_inputs)
+        self._layers = prunable_layers(self.model, layers, exclude)
+        self._masks: dict[str, LayerMask] = build_masks(self._layers, progress)
+        self._groups: list[S.ChannelGroup] | None = None
+        self.blocked: list[S.Blocked] = []
+        self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kept: dict[str, int] = {}
+        self._dense_macs: dict[str, float] | None = None
+        self.structured = False
+        self.setting: dict[str, Any] = {"amount": 0.0, "threshold": None, "scope": "global", "structured": False}
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def layer_names(self) -> list[str]:
+        """Qualified names of the layers this pruner may prune."""
+        return list(self._masks)
+
+    def set(self, amount: float | None = None, *, threshold: float | None = None, scope: str = "global",
+            structured: bool = False, overrides: dict[str, float] | None = None) -> "Pruner":
+        """Apply one setting to the working copy (replacing the previous one) and return ``self``.
+
+        ``amount``: fraction of weights (or of channels, when ``structured``) to remove, in [0, 1).
+        ``threshold``: remove weights with magnitude below it (structured: channels whose importance,
+        normalised to mean 1 per group, is below it). ``scope``: rank globally or within each layer.
+        ``overrides``: ``{layer: amount}`` for layers that get their own amount.
+        """
+        amount, overrides = self._check_setting(amount, threshold, scope, overrides)
+        if structured:
+            kept = self._plan_structured(amount, threshold, scope, overrides)
+            self._restore()
+            for g in self._groups or []:
+                S.zero_channels(g, kept[g.root])
+            self._kept, self.structured = kept, True
+            for m in self._masks.values():
+                m.k = -1  # weights no longer match a magnitude mask; the next apply rewrites them
+        else:
+            counts = self._plan_unstructured(amount, threshold, scope, overrides)
+            self._restore()
+            for name, k in counts.items():
+                self._masks[name].apply(k)
+        self.setting = {"amount": amount, "threshold": threshold, "scope": scope, "structured": structured,
+                        "overrides": dict(overrides)}
+        return self
+
+    def reset(self) -> "Pruner":
+        """Back to the original weights, bit for bit."""
+        self._restore()
+        for m in self._masks.values():
+            m.apply(0)
+        self.setting = {"amount": 0.0, "threshold": None, "scope": "global", "structured": False}
+        return self
+
+    def _check_setting(self, amount: Any, threshold: Any, scope: str, overrides: Any
+                       ) -> tuple[float | None, dict[str, float]]:
+        if amount is not None and threshold is not None:
+            raise NboptError("give either amount= or threshold=, not both")
+        if amount is None and threshold is None:
+            amount = 0.0
+        if amount is not None:
+            check_amount(amount)
+        if threshold is not None and (not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+                                      or threshold < 0):
+            raise NboptError(f"threshold must be a finite number >= 0 (a weight magnitude), got {threshold!r}")
+        if scope not in SCOPES:
+            raise NboptError(f"scope must be 'global' (rank all layers together) or 'layer' (each layer "
+                             f"by itself), got {scope!r}")
+        overrides = dict(overrides or {})
+        unknown = [n for n in overrides if n not in self._masks]
+        if unknown:
+            check_names(self.model, self._layers, unknown, "overrides")
+            raise NboptError(f"overrides names layer {unknown[0]!r}, which is excluded or not prunable; "
+                             f"prunable layers: {', '.join(self.layer_names[:6])} ...")
+        for name, value in overrides.items():
+            check_amount(value, f"overrides[{name!r}]")
+        return (None if amount is None else float(amount)), overrides
+
+    def _plan_unstructured(self, amount: float | None, threshold: float | None, scope: str,
+                           overrides: dict[str, float]) -> dict[str, int]:
+        masks = self._masks
+        if threshold is not None:
+            counts = {n: m.count_below(threshold) for n, m in masks.items()}
+            full = [n for n, k in counts.items() if k >= masks[n].numel and n not in overrides]
+            if full:
+                top = float(masks[full[0]].sorted_abs[-1])
+                raise NboptError(f"threshold {threshold} removes every weight of layer {full[0]!r} (its largest "
+                                 f"magnitude is {top:.4g}); use a threshold below {top:.4g}, or exclude "
+                                 f"the layer (exclude=[{full[0]!r}]).")
+        elif scope == "layer":
+            counts = {n: round(amount * m.numel) for n, m in masks.items()}
+        else:
+            pool = [m for n, m in masks.items() if n not in overrides]
+            counts = global_counts(pool, round(amount * sum(m.numel for m in pool)))
+        counts.update({n: round(a * masks[n].numel) for n, a in overrides.items()})
+        return counts
+
+    def _plan_structured(self, amount: float | None, threshold: float | None, scope: str,
+                         overrides: dict[str, float]) -> dict[str, int]:
+        groups = self._prepare_structured()
+        roots = {g.root for g in groups}
+        bad = [n for n in overrides if n not in roots]
+        if bad:
+            raise NboptError(f"overrides names {bad[0]!r}, which is not the root of a prunable channel group "
+                             f"{self._why_not(bad[0])}; group roots: {', '.join(sorted(roots)[:6])} ...")
+        if threshold is not None:
+            for g in groups:
+                if g.root not in overrides and bool((g.scores < threshold).all()):
+                    raise NboptError(f"threshold {threshold} removes every channel of layer {g.root!r} "
+                                     f"(its most important channel scores {float(g.scores[-1]):.3g}); use a "
+                                     f"lower threshold or exclude the layer (exclude=[{g.root!r}]).")
+        return S.plan(groups, amount=amount, threshold=threshold, scope=scope, round_to=self.round_to,
+                      overrides=overrides)
+
+    def _why_not(self, name: str) -> str:
+        for b in self.blocked:
+            if b.root == name:
+                return f"({b.reason})"
+        return "(it feeds the model output, or its channels are pruned as part of another layer's group)"
+
+    def _prepare_structured(self) -> list[S.ChannelGroup]:
+        """Trace the dependency groups and score channels once (on the original weights)."""
+        if self._groups is None:
+            self._restore()
+            for m in self._masks.values():
+                m.apply(0)
+            with preserved(self.model, eval_mode=True):
+                groups, blocked = S.build_groups(self.model, self.example_inputs, set(self._masks), self.criterion)
+            explicit = [b for b in blocked if self._explicit_layers and b.root in self._explicit_layers]
+            if explicit:
+                b = explicit[0]
+                raise NboptError(f"cannot prune the channels of layer {b.root!r} structurally: {b.reason}, whose "
+                                 f"dependants nbopt cannot follow. Exclude it (exclude=[{b.root!r}]) or prune "
+                                 "it unstructured (structured=False).")
+            if not groups:
+                raise NboptError("no layer can be pruned structurally (every channel group reaches the output or "
+                                 "an unsupported layer); prune unstructured (structured=False) instead.")
+            for g in groups:
+                for mem in g.members:
+                    for t in (mem.module.weight, getattr(mem.module, "bias", None)):
+                        if t is not None and id(t) not in self._saved:
+                            self._saved[id(t)] = (t, t.detach().clone())
+            self._groups, self.blocked = groups, blocked
+        return self._groups
+
+    def _restore(self) -> None:
+        """Undo a structured preview (copy every touched tensor back from its saved original)."""
+        if self.structured:
+            with torch.no_grad():
+                for t, orig in self._saved.values():
+                    t.data.copy_(orig)
+            for m in self._masks.values():
+                m.k = 0
+            self._kept, self.structured = {}, False
+
+    # ------------------------------------------------------------------ results
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights that are zero now."""
+        rep = self.report
+        return 1.0 - float(rep["params_after"].sum() - rep["bias"].sum()) / float(rep["weights"].sum())
+
+    @property
+    def report(self) -> pd.DataFrame:
+        """One row per prunable layer: sparsity, params before/after, dense and effective MACs, channels."""
+        macs = self.dense_macs()
+        rows = []
+        for name, m in self._masks.items():
+            w = m.module.weight
+            bias = getattr(m.module, "bias", None)
+            nb = 0 if bias is None else bias.numel()
+            if self.structured:
+                nz = int(torch.count_nonzero(w))
+                nzb = 0 if bias is None else int(torch.count_nonzero(bias))
+                kept = int(w.detach().flatten(1).ne(0).any(1).sum()) if w.dim() > 1 else int(nz > 0)
+            else:
+                nz, nzb, kept = m.numel - max(m.k, 0), nb, out_channels(m.module)
+            dense = macs.get(name, float("nan"))
+            rows.append({"layer": name, "type": type(m.module).__name__, "weights": m.numel, "bias": nb,
+                         "sparsity": (m.numel - nz) / m.numel, "params_before": m.numel + nb, "params_after": nz + nzb,
+                         "dense_macs": dense, "effective_macs": dense * nz / m.numel,
+                         "channels": out_channels(m.module), "channels_kept": kept})
+        return pd.DataFrame(rows).set_index("layer")
+
+    def dense_macs(self) -> dict[str, float]:
+        """Per-layer MACs of the unpruned model, from ``nbopt.profile`` (computed once)."""
+        if self._dense_macs is None:
+            self._dense_macs = layer_macs(self.original, self.example_inputs)
+        return self._dense_macs
+
+    def export(self) -> nn.Module:
+        """An independent model with the current setting baked in (structured: channels removed)."""
+        if self.structured:
+            with preserved(self.original):
+                model = working_copy(self.original)
+            groups = self._groups or []
+            with preserved(model, eval_mode=True):
+                try:
+                    S.remove_channels(model, self.example_inputs, groups, self._kept, set(self._masks))
+                except NboptError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - surface which model failed and the way out
+                    raise NboptError(f"removing channels failed ({type(exc).__name__}: {exc}); exclude the "
+                                     "layer it names or prune unstructured (structured=False).") from None
+            return model
+        return working_copy(self.model)
+
+    def __repr__(self) -> str:
+        s = self.setting
+        what = f"threshold={s['threshold']}" if s["threshold"] is not None else f"amount={s['amount']}"
+        return (f"Pruner({type(self.original).__name__}, {len(self._masks)} layers, {what}, scope={s['scope']}, "
+                f"structured={s['structured']})")
+
+
+def check_amount(amount: Any, what: str = "amount") -> None:
+    """``amount`` must be a number in [0, 1)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 <= amount < 1:
+        raise NboptError(f"{what} must be a fraction in [0, 1) (0.5 removes half), got {amount!r}; "
+                         "amount=1 would remove everything.")
+
+
+def out_channels(m: nn.Module) -> int:
+    """Output channels (rows) of a Conv/Linear weight."""
+    return int(m.weight.shape[0])
+
+
+def layer_macs(model: nn.Module, example_inputs: Any) -> dict[str, float]:
+    """Per-layer MACs counted by the profiler (NaN where it is unavailable)."""
+    try:
+        from ..profile import profile
+    except ImportError:
+        return {}
+    table = profile(model, example_inputs, latency=False).table
+    return {str(k): float(v) for k, v in table["macs"].items()}

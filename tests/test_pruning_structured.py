@@ -1,0 +1,120 @@
+"""Structured pruning: channels really removed, output shape kept, MACs match the profiler, errors clear."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import nbopt
+from nbopt import demo
+from nbopt.errors import NboptError
+from nbopt.model_state import same_state, state_fingerprint
+from nbopt.profile import profile
+from nbopt.pruning import Pruner
+
+SLOW = pytest.mark.skipif(not os.environ.get("NBOPT_SLOW"), reason="big torchvision models: set NBOPT_SLOW=1")
+
+
+def check_structured(model: nn.Module, x: torch.Tensor, amount: float = 0.5) -> tuple[nn.Module, Pruner]:
+    """Prune, export and check: runs, same output shape, preview == export, MACs match the profiler."""
+    model.eval()
+    fp = state_fingerprint(model)
+    p = Pruner(model, x, progress=False).set(amount=amount, structured=True, scope="layer")
+    small = p.export().eval()
+    with torch.no_grad():
+        ref, out, preview = model(x), small(x), p.model.eval()(x)
+    assert out.shape == ref.shape
+    assert sum(q.numel() for q in small.parameters()) < sum(q.numel() for q in model.parameters())
+    prof_small = profile(small, x, latency=False)
+    assert prof_small.total_macs < profile(model, x, latency=False).total_macs
+    rep = p.report
+    table = prof_small.table
+    # the report's effective MACs are exactly what the profiler counts on the smaller model
+    assert rep["effective_macs"].tolist() == pytest.approx(table.loc[rep.index, "macs"].astype(float).tolist())
+    assert torch.allclose(out, preview, atol=1e-4, rtol=1e-4)
+    assert same_state(model, fp)
+    return small, p
+
+
+def test_demo_structured_half(demo_model):
+    small, p = check_structured(demo_model, demo.example_input(8))
+    rep = p.report
+    assert (rep["channels_kept"].drop(index="fc") % 8 == 0).all()  # rounded to kernel-friendly multiples
+    assert rep.loc["fc", "channels_kept"] == 10  # the output layer is never cut
+    assert small.block1.conv1[0].out_channels == rep.loc["block1.conv1.0", "channels_kept"] == 16
+    # residual add: stem, block1.conv2 and block2.depthwise share one channel set
+    assert small.stem[0].out_channels == small.block1.conv2[0].out_channels == small.block2.depthwise[0].in_channels
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
+def test_torchvision_cnns(name):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10)
+    check_structured(model, torch.randn(1, 3, 32, 32), amount=0.3)
+
+
+@SLOW
+@pytest.mark.parametrize("name, size", [("resnet50", 64), ("densenet121", 64), ("mobilenet_v3_large", 64),
+                                        ("vit_b_16", 224)])
+def test_big_torchvision_models(name, size):
+    model = getattr(torchvision.models, name)()
+    small, p = check_structured(model, torch.randn(1, 3, size, size), amount=0.3)
+    if name == "vit_b_16":
+        assert small.encoder.layers[0].mlp[0].out_features < 3072  # MLP widths shrink
+        assert any("LayerNorm" in b.reason for b in p.blocked)  # residual stream left whole, and said so
+
+
+def test_global_structured_and_threshold(demo_model):
+    x = demo.example_input(2)
+    p = Pruner(demo_model, x, progress=False).set(amount=0.5, structured=True)
+    assert p.report["channels_kept"].iloc[:-1].lt(p.report["channels"].iloc[:-1]).any()
+    p.set(threshold=0.9, structured=True)
+    assert p.export()(x).shape == (2, 10)
+    with pytest.raises(NboptError, match="removes every channel of layer"):
+        p.set(threshold=50.0, structured=True)
+
+
+def test_structured_layers_and_overrides(demo_model):
+    x = demo.example_input(2)
+    p = Pruner(demo_model, x, progress=False).set(amount=0.0, structured=True, overrides={"block3.conv1.0": 0.5})
+    rep = p.report
+    assert rep.loc["block3.conv1.0", "channels_kept"] == 32
+    assert (rep.drop(index="block3.conv1.0")["channels_kept"] == rep.drop(index="block3.conv1.0")["channels"]).all()
+    with pytest.raises(NboptError, match="not the root of a prunable channel group"):
+        p.set(amount=0.2, structured=True, overrides={"fc": 0.5})
+
+
+class WithLayerNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.norm = nn.LayerNorm(32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def test_unfollowable_dependants_error_names_layer_and_way_out():
+    model, x = WithLayerNorm(), torch.randn(2, 16)
+    fp = state_fingerprint(model)
+    p = Pruner(model, x, layers=["fc1"], progress=False)
+    with pytest.raises(NboptError) as err:
+        p.set(amount=0.5, structured=True)
+    msg = str(err.value)
+    assert "'fc1'" in msg and "LayerNorm" in msg and "exclude" in msg and "structured=False" in msg
+    assert same_state(model, fp) and same_state(p.model, fp)
+    p.set(amount=0.5)  # unstructured still works
+    assert int((p.model.fc1.weight == 0).sum()) == 256
+
+
+def test_prune_summary_shows_smaller_model(demo_model, untouched):
+    guard = untouched(demo_model)
+    r = nbopt.prune(demo_model, demo.example_input(8), amount=0.5, structured=True, progress=False)
+    s = r.summary
+    assert s.loc["params", "ratio"] > 2 and s.loc["macs", "ratio"] > 2 and s.loc["size_bytes", "ratio"] > 2
+    assert s.loc["latency_ms", "before"] > 0 and s.loc["latency_ms", "after"] > 0
+    guard.check()
