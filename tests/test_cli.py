@@ -13,7 +13,7 @@ def test_profile_torchvision_model():
     out = nbopt("profile", "torchvision:resnet18", "--input", "1,3,224,224", "--no-latency", "--top", "3")
     assert out.returncode == 0, out.stderr
     assert "MACs 1.81G" in out.stdout
-    assert out.stdout.splitlines()[2].startswith("conv1 ") and "118.01M" in out.stdout  # the top layer
+    assert out.stdout.splitlines()[3].startswith("conv1 ") and "118.01M" in out.stdout  # the top layer
 
 
 def test_profile_user_factory_and_errors():
