@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "clever_format": ".counting.thop_engine",
     "NboptError": ".errors",
     "Timing": ".timing",
+    "ProfilePanel": ".panels",
+    "PruningPanel": ".panels",
+    "QuantizationPanel": ".panels",
     "fuse": ".deployment",
     "export": ".deployment",
     "ExportResult": ".deployment",
@@ -63,3 +66,20 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 __all__ = sorted(_EXPORTS) + ["demo", "load_ipython_extension", "unload_ipython_extension"]
+
+
+class _PackageModule(__import__("types").ModuleType):
+    """Keep lazily exported functions that share a submodule's name (``nbopt.profile``) callable.
+
+    Importing the submodule ``nbopt.profile`` (the magics and panels do) binds the module object on the
+    package, which would shadow the exported function of the same name; bind the function instead.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (_EXPORTS.get(name) == "." + name and isinstance(value, __import__("types").ModuleType)
+                and value.__name__ == f"{__name__}.{name}" and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+__import__("sys").modules[__name__].__class__ = _PackageModule

@@ -1,0 +1,23 @@
+"""Interactive ipywidgets panels (front-ends only: widgets -> nbopt core -> render).
+
+``ProfilePanel(profile)``, ``PruningPanel(model, inputs, evaluate=None)``,
+``QuantizationPanel(model, calib, evaluate=None)``. Importing this package imports ipywidgets;
+the core (``nbopt.profile``, ``nbopt.pruning``, ``nbopt.quantization``) never does.
+"""
+from __future__ import annotations
+
+from .profile import ProfilePanel
+
+__all__ = ["ProfilePanel", "PruningPanel", "QuantizationPanel"]
+
+
+def __getattr__(name: str):
+    if name == "PruningPanel":
+        from .pruning import PruningPanel
+
+        return PruningPanel
+    if name == "QuantizationPanel":
+        from .quantization import QuantizationPanel
+
+        return QuantizationPanel
+    raise AttributeError(f"module 'nbopt.panels' has no attribute {name!r}")

@@ -1,0 +1,149 @@
+"""Shared pieces of the panels: a kernel-side debounce, error display, figure output, readable HTML.
+
+Panels are front-ends only: widgets -> a call into the core -> rendering. Nothing here computes results.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import traceback
+from typing import Any, Callable
+
+import ipywidgets as widgets
+import pandas as pd
+
+from ..errors import NboptError, describe_exception
+
+DEFAULT_DEBOUNCE_S = 0.15
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Debouncer:
+    """Coalesce a burst of widget events into one call of ``fn``, ``wait`` seconds after the last one.
+
+    ipywidgets 8 sliders send every keyboard press even with ``continuous_update=False``; the kernel
+    receives them one by one. When an event loop is running (inside a Jupyter kernel) each event only
+    re-arms a timer on that loop, so the queued presses are drained quickly and the expensive update
+    runs once for the final value. Without a loop (plain Python, tests) or with ``wait <= 0`` the
+    call happens at once. :meth:`flush` runs a pending call now.
+    """
+
+    def __init__(self, fn: Callable[[], None], wait: float = DEFAULT_DEBOUNCE_S) -> None:
+        if not callable(fn):
+            raise TypeError("Debouncer needs a callable")
+        if not isinstance(wait, (int, float)) or wait < 0:
+            raise NboptError(f"debounce must be a number of seconds >= 0 (0 updates at once), got {wait!r}")
+        self.fn, self.wait = fn, float(wait)
+        self._handle: asyncio.TimerHandle | None = None
+        self._held = 0
+        self._missed = False
+        self.calls = 0  # how many times fn actually ran (for tests and the benchmark)
+
+    @contextlib.contextmanager
+    def hold(self) -> Any:
+        """Change several widgets inside this block; ``fn`` runs once at the end (if anything changed)."""
+        self._held += 1
+        try:
+            yield self
+        finally:
+            self._held -= 1
+            if not self._held and self._missed:
+                self._missed = False
+                self.flush()
+
+    @property
+    def pending(self) -> bool:
+        return self._handle is not None
+
+    def __call__(self, *_: Any) -> None:
+        if self._held:
+            self._missed = True
+            return
+        loop = _running_loop()
+        if self.wait <= 0 or loop is None:
+            self.flush()
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = loop.call_later(self.wait, self.flush)
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.calls += 1
+        self.fn()
+
+
+def error_html(exc: BaseException) -> str:
+    """A visible message for an error raised inside a callback (NboptError messages say the fix)."""
+    if isinstance(exc, (NboptError, TypeError)):
+        text = str(exc)
+    else:
+        text = describe_exception(exc)
+    tb = html.escape("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
+    return (f"<div class='nbopt-error' style='color:#b00020;border:1px solid #b00020;padding:4px 8px'>"
+            f"<b>Error:</b> {html.escape(text)}<details><summary>traceback</summary><pre>{tb}</pre></details></div>")
+
+
+class Guard:
+    """Run panel callbacks so that errors land in the panel's status line instead of the log console."""
+
+    def __init__(self, status: widgets.HTML) -> None:
+        self.status = status
+        self.last_error: BaseException | None = None
+
+    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown to the user inside the panel
+                self.last_error = exc
+                self.status.value = error_html(exc)
+                return None
+            self.last_error = None
+            if "nbopt-error" in self.status.value:
+                self.status.value = ""
+            return result
+        wrapped.__name__ = getattr(fn, "__name__", "callback")
+        wrapped.__doc__ = getattr(fn, "__doc__", None)
+        return wrapped
+
+
+def show_figure(out: widgets.Output, fig: Any) -> None:
+    """Replace ``out``'s content with ``fig`` in place and close the figure (no leak below the widget)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    try:
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+    finally:
+        plt.close(fig)
+
+
+def table_html(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None,
+               css_class: str = "nbopt-table") -> str:
+    """HTML for a display copy of ``df`` with per-column formatters (values themselves untouched)."""
+    shown = df.copy()
+    for col, fmt in (formats or {}).items():
+        if col in shown.columns:
+            shown[col] = shown[col].map(fmt)
+    return f"<div class='{css_class}' style='max-height:420px;overflow:auto'>{shown.to_html(escape=True)}</div>"
+
+
+def percent(value: Any) -> str:
+    return "" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
+
+
+def layout_box(children: list[widgets.Widget], title: str | None = None) -> widgets.VBox:
+    kids = ([widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []) + list(children)
+    return widgets.VBox(kids, layout=widgets.Layout(width="100%"))
