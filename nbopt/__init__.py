@@ -33,6 +33,10 @@ _EXPORTS: dict[str, str] = {
     "peak_memory": ".deployment",
     "threads_sweep": ".deployment",
     "optimize": ".deployment",
+    "Pruner": ".pruning",
+    "prune": ".pruning",
+    "PruneResult": ".pruning",
+    "finetune": ".pruning",
 }
 
 

@@ -8,6 +8,8 @@ from typing import Any
 MAGICS: list[tuple[str, str]] = [
     (".profile", "ProfileMagics"),
     (".export", "ExportMagics"),
+    (".prune", "PruneMagics"),
+    (".quantize", "QuantizeMagics"),
 ]
 
 

@@ -1,0 +1,57 @@
+"""``%prune``: runs through IPython, stores the result, help is complete, bad input is a UsageError."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import get_ipython
+
+from nbopt import demo
+from nbopt.model_state import same_state, state_fingerprint
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "nbopt")
+    shell.user_ns.update(model=demo.load_model(), x=demo.example_input(2), demo=demo)
+    return shell
+
+
+def test_prune_stores_result_and_leaves_model(ip):
+    fp = state_fingerprint(ip.user_ns["model"])
+    ip.run_line_magic("prune", "model --amount 0.5 --structured --inputs x --no-latency --eval demo.evaluate -o r")
+    r = ip.user_ns["r"]
+    assert r.model(ip.user_ns["x"]).shape == (2, 10)
+    assert r.summary.loc["macs", "ratio"] > 2
+    assert 0 <= r.summary.loc["eval", "before"] <= 1 and "eval" in r.summary.index
+    assert same_state(ip.user_ns["model"], fp)
+
+
+def test_unstructured_threshold_with_exclude(ip):
+    ip.run_line_magic("prune", "model --threshold 0.05 --scope layer --exclude fc,stem.0 --inputs x --no-latency -o r2")
+    rep = ip.user_ns["r2"].report
+    assert "fc" not in rep.index and rep["sparsity"].gt(0).all()
+
+
+def test_help_is_complete(ip):
+    doc = ip.find_line_magic("prune").__doc__
+    for opt in ("--amount", "--threshold", "--structured", "--scope", "--inputs", "--eval", "--exclude", "-o"):
+        assert opt in doc
+
+
+@pytest.mark.parametrize("line, words", [
+    ("model --inputs x", "--amount"),
+    ("model --amount 1.5 --inputs x", "[0, 1)"),
+    ("model --amount 0.5 --threshold 0.1 --inputs x", "not both"),
+    ("model --amount 0.5", "inputs"),
+    ("nope --amount 0.5 --inputs x", "nope"),
+    ("model --amount 0.5 --inputs x --exclude block9", "block9"),
+    ("model --threshold 100 --inputs x", "removes every weight"),
+    ("model --amount 0.5 --inputs x --eval 3", "not callable"),
+    ("model --amount 0.5 --scope model --inputs x", "scope"),
+])
+def test_bad_input_is_usage_error(ip, line, words):
+    with pytest.raises(UsageError) as err:
+        ip.run_line_magic("prune", line)
+    assert type(err.value) is UsageError
+    assert words in str(err.value), str(err.value)
