@@ -7,9 +7,10 @@ attention and RNN cells — torchvision's published "GMACs". FLOPs count every f
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -155,14 +156,36 @@ def _meta(obj: Any) -> Any:
         lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, obj)
 
 
+@contextlib.contextmanager
+def _on_meta(model: nn.Module) -> Iterator[None]:
+    """Point every parameter/buffer slot at a meta twin for one block; the originals go back in ``finally``.
+
+    (``torch.func.functional_call`` restores a module reachable under two names — a shared module — in the
+    wrong order and leaves meta tensors on the user's model, so the swap is done here, once per module.)
+    """
+    slots = [(store, k, t) for m in model.modules() for store in (m._parameters, m._buffers)
+             for k, t in store.items() if t is not None]
+    twins: dict[int, torch.Tensor] = {}
+    for _, _, t in slots:
+        if id(t) not in twins:
+            twin = torch.empty_like(t, device="meta")
+            twins[id(t)] = nn.Parameter(twin, t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    try:
+        for store, k, t in slots:
+            store[k] = twins[id(t)]
+        yield
+    finally:
+        for store, k, t in slots:
+            store[k] = t
+
+
 def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, on_meta: bool) -> OpCounter:
     counter = OpCounter(tracker)
-    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    meta_state = _meta(state) if on_meta else None
     margs, mkwargs = (_meta(args), _meta(kwargs)) if on_meta else (args, kwargs)
     with preserved(model, eval_mode=True), torch.no_grad(), tracker.active(), counter:
         if on_meta:
-            torch.func.functional_call(model, meta_state, margs, mkwargs)
+            with _on_meta(model):
+                model(*margs, **mkwargs)
         else:
             call(model, _as_inputs(margs, mkwargs))
     return counter
@@ -311,7 +334,7 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
         own_macs = own_flops = None
     total_ms, per_module = None, None
     if latency:
-        run = lambda: model(*args, **kwargs)  # noqa: E731
+        run = lambda: call(model, _as_inputs(args, kwargs))  # noqa: E731 - a failure is a ForwardError too
         with preserved(model, eval_mode=True):
             total_ms, per_module = _latency(run, names, warmup, repeat, model_device(model))
     table = build_table(names, tracker, own_macs, own_flops, per_module)

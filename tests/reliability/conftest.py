@@ -1,0 +1,22 @@
+"""Reliability suite fixtures (hypothesis settings live in strategies.RELIABLE, applied per test)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # strategies.py / kernel_state.py
+
+
+@pytest.fixture
+def ipshell():
+    """A fresh-enough IPython shell with nbopt's extension loaded (unloaded again afterwards)."""
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "nbopt")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "nbopt")
