@@ -199,7 +199,8 @@ def executorch_operators(edge: Any) -> dict[str, int]:
                               if n.op == "call_function" and "getitem" not in str(n.target))
         elif node.op == "call_function" and "executorch_call_delegate" not in str(node.target) \
                 and "getitem" not in str(node.target):
-            counts[edge_op_name(node.target)] += 1
+            if edge_op_name(node.target) != "alloc":
+                counts[edge_op_name(node.target)] += 1
     return dict(counts)
 
 
@@ -243,6 +244,30 @@ _RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "executorch"
 # ---------------------------------------------------------------- entry point
 
 
+def unwrap(model: Any, fmt: str) -> nn.Module:
+    """The exportable module inside results (FuseResult, QuantResult) and nbopt.quantize's int8 models."""
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model  # FuseResult / QuantResult
+    check_module(model)
+    if getattr(model, "onnx_bytes", None) is not None and fmt != "onnx":
+        raise NboptError(f"this model is an onnxruntime program (nbopt.quantize backend='onnxruntime'); it exports "
+                         f"only to format='onnx', not {fmt!r}. For {fmt}, quantize with backend='pt2e'.")
+    converted = getattr(model, "converted", None)  # nbopt.quantize backend='pt2e': export the PT2E graph itself
+    model = converted if isinstance(converted, nn.Module) else model
+    if fmt == "executorch" and _has_quant_ops(model):
+        raise NboptError("this int8 model was quantized for x86 (torchao X86InductorQuantizer); the ExecuTorch "
+                         "runtime here has no kernels for its quantize/dequantize ops outside XNNPACK. Export it "
+                         "with format='onnx' (onnxruntime runs it), or export the fp32 model to ExecuTorch "
+                         "(XNNPACK runs it in fp32).")
+    return model
+
+
+def _has_quant_ops(model: nn.Module) -> bool:
+    graph = getattr(model, "graph", None)
+    return graph is not None and any("quantize_per" in str(n.target) for n in graph.nodes)
+
+
+
 def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: str | os.PathLike | None = None,
            *, opset: int | None = None, check: bool = True, latency: bool = True,
            repeat: int = 20) -> ExportResult:
@@ -254,7 +279,7 @@ def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: st
     ``path=None`` writes into a new temporary folder.
     """
     fmt = check_format(format)
-    check_module(model)
+    model = unwrap(model, fmt)
     check_device(model, example_inputs)
     final = target_path(path, fmt)
     work = working_copy(model).eval()
