@@ -353,6 +353,8 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
     ``name_for(module)`` names each model that starts running at top level (``None`` skips it). ``run`` is
     executed once, as it is (its value is returned); latency replays the recorded model calls in eval mode.
     """
+    if repeat is not None and repeat < 1:
+        raise NboptError(f"repeat must be at least 1, got {repeat}")
     custom = _check_op_types(custom_ops, "custom_ops")
     ignore = _check_op_types(ignore_ops, "ignore_ops")
     names = ModuleNames()

@@ -15,8 +15,8 @@ def parse(magic_func: Any, line: str) -> Any:
     """``parse_argstring`` that reports bad options as a UsageError with the magic's usage line."""
     try:
         return parse_argstring(magic_func, line)
-    except UsageError:
-        raise
+    except UsageError as exc:  # argparse's own message ("unrecognized arguments: --x") plus the way out
+        raise UsageError(f"{exc}; see `%{magic_func.__name__}?` for the options") from None
     except SystemExit:  # argparse exits on -h and on errors it cannot format
         raise UsageError(f"could not parse options {line!r}; see `%{magic_func.__name__}?` for help") from None
     except ValueError as exc:  # unbalanced quotes from shlex
