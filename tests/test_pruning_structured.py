@@ -56,6 +56,16 @@ def test_torchvision_cnns(name):
     check_structured(model, torch.randn(1, 3, 32, 32), amount=0.3)
 
 
+def test_small_vision_transformer_mlp_widths():
+    from torchvision.models.vision_transformer import VisionTransformer
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10)  # torchvision zero-initialises the head: reports must not count zeros
+    small, p = check_structured(model, torch.randn(2, 3, 32, 32))
+    assert small.encoder.layers[0].mlp[0].out_features == 32 and small.encoder.layers[0].mlp[3].in_features == 32
+    assert p.report.loc["heads.head", "channels_kept"] == 10
+    assert any("LayerNorm" in b.reason for b in p.blocked)  # the residual stream is left whole, and says why
+
+
 @SLOW
 @pytest.mark.parametrize("name, size", [("resnet50", 64), ("densenet121", 64), ("mobilenet_v3_large", 64),
                                         ("vit_b_16", 224)])

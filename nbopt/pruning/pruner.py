@@ -50,6 +50,7 @@ class Pruner:
         self.blocked: list[S.Blocked] = []
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._kept: dict[str, int] = {}
+        self._removed: dict[tuple[nn.Module, int], int] = {}
         self._dense_macs: dict[str, float] | None = None
         self.structured = False
         self.setting: dict[str, Any] = {"amount": 0.0, "threshold": None, "scope": "global", "structured": False}
@@ -73,8 +74,11 @@ class Pruner:
         if structured:
             kept = self._plan_structured(amount, threshold, scope, overrides)
             self._restore()
+            removed: dict[tuple[nn.Module, int], torch.Tensor] = {}
             for g in self._groups or []:
-                S.zero_channels(g, kept[g.root])
+                for key, idx in S.zero_channels(g, kept[g.root]).items():
+                    removed[key] = torch.cat([removed[key], idx]).unique() if key in removed else idx
+            self._removed = {key: len(idx) for key, idx in removed.items()}
             self._kept, self.structured = kept, True
             for m in self._masks.values():
                 m.k = -1  # weights no longer match a magnitude mask; the next apply rewrites them
@@ -194,7 +198,7 @@ class Pruner:
                     t.data.copy_(orig)
             for m in self._masks.values():
                 m.k = 0
-            self._kept, self.structured = {}, False
+            self._kept, self._removed, self.structured = {}, {}, False
 
     # ------------------------------------------------------------------ results
     @property
@@ -212,10 +216,11 @@ class Pruner:
             w = m.module.weight
             bias = getattr(m.module, "bias", None)
             nb = 0 if bias is None else bias.numel()
-            if self.structured:
-                nz = int(torch.count_nonzero(w))
-                nzb = 0 if bias is None else int(torch.count_nonzero(bias))
-                kept = int(w.detach().flatten(1).ne(0).any(1).sum()) if w.dim() > 1 else int(nz > 0)
+            if self.structured:  # from the plan, not from zeros: trained or zero-initialised weights may hold zeros
+                n_out, n_in = w.shape[0], w.shape[1]
+                kept = n_out - self._removed.get((m.module, 0), 0)
+                nz = round(m.numel * kept / n_out * (n_in - self._removed.get((m.module, 1), 0)) / n_in)
+                nzb = 0 if bias is None else kept
             else:
                 nz, nzb, kept = m.numel - max(m.k, 0), nb, out_channels(m.module)
             dense = macs.get(name, float("nan"))

@@ -198,11 +198,15 @@ def pruned_indices(group: ChannelGroup, kept: int) -> torch.Tensor:
     return group.order[: group.channels - kept].sort().values
 
 
-def zero_channels(group: ChannelGroup, kept: int) -> None:
-    """Zero the removed channels in every member (weights, biases, BatchNorm affine): a reversible preview."""
+def zero_channels(group: ChannelGroup, kept: int) -> dict[tuple[nn.Module, int], torch.Tensor]:
+    """Zero the removed channels in every member (weights, biases, BatchNorm affine): a reversible preview.
+
+    Returns the removed weight indices per ``(module, dim)`` (dim 0: output rows, 1: input columns).
+    """
     removed = pruned_indices(group, kept)
+    cut: dict[tuple[nn.Module, int], torch.Tensor] = {}
     if len(removed) == 0:
-        return
+        return cut
     flag = torch.zeros(group.channels, dtype=torch.bool)
     flag[removed] = True
     with torch.no_grad():
@@ -210,12 +214,14 @@ def zero_channels(group: ChannelGroup, kept: int) -> None:
             idx = mem.idx[flag[mem.root]]
             m = mem.module
             if mem.out or isinstance(m, _BN):
-                dim = 1 if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
-                m.weight.data.index_fill_(dim, idx, 0)
+                m.weight.data.index_fill_(0, idx, 0)
                 if getattr(m, "bias", None) is not None:
                     m.bias.data.index_fill_(0, idx, 0)
+                cut[(m, 0)] = idx
             elif isinstance(m, nn.Linear) or (isinstance(m, _CONV) and m.groups == 1):
                 m.weight.data.index_fill_(1, idx, 0)
+                cut[(m, 1)] = idx
+    return cut
 
 
 def remove_channels(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup],
