@@ -1,0 +1,67 @@
+"""int8 speed-up: torch fp32 eager vs nbopt int8 (PT2E+compile / onnxruntime, auto-picked) vs onnxruntime fp32.
+
+Random-weight torchvision models at batch 1 and 8, 2 threads, one interleaved run per model/batch.
+Usage: python benchmarks/int8_speedup.py [--models resnet18,mobilenet_v2,resnet50] [--repeat 10]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import torch
+import torchvision
+
+from nbopt.quantization.api import _pick
+from nbopt.quantization.int8 import OrtModule, build_onnx, build_pt2e, export_onnx
+from nbopt.quantization.sizes import disk_bytes
+from nbopt.timing import compare
+
+
+def ort_fp32(model: torch.nn.Module, example: torch.Tensor) -> tuple[OrtModule, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fp32.onnx")
+        export_onnx(model, example, path)
+        data = open(path, "rb").read()
+    return OrtModule(data), len(data)
+
+
+def run(name: str, batches: list[int], repeat: int) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    calib = [torch.randn(4, 3, 224, 224) for _ in range(4)]
+    pt2e = build_pt2e(model, calib, calib[0], progress=False)
+    ort8 = build_onnx(model, calib, calib[0], progress=False)
+    ort32, ort32_bytes = ort_fp32(model, calib[0])
+    print(f"\n{name}: file MB  torch fp32 {disk_bytes(model) / 1e6:.1f} | onnx fp32 {ort32_bytes / 1e6:.1f} | "
+          f"onnx int8 {ort8.disk_bytes / 1e6:.1f} | pt2e int8 state {pt2e.disk_bytes / 1e6:.1f}")
+    for b in batches:
+        x = torch.randn(b, 3, 224, 224)
+        prog, reason = _pick({"pt2e": pt2e, "onnxruntime": ort8}, {}, x, repeat=max(3, repeat // 2))
+        fns = {"fp32 eager": lambda: model(x), "ort fp32": lambda: ort32(x), "pt2e int8": lambda: pt2e.model(x),
+               "ort int8": lambda: ort8.model(x)}
+        t = compare(fns, warmup=2, repeat=repeat)
+        med = {k: v.median_ms for k, v in t.items()}
+        med["nbopt int8"] = med["pt2e int8" if prog.backend == "pt2e" else "ort int8"]
+        best32 = min(med["fp32 eager"], med["ort fp32"])
+        cells = " | ".join(f"{k} {v:.2f} ms ({med['fp32 eager'] / v:.2f}x)" for k, v in med.items())
+        print(f"  batch {b}: {cells}")
+        print(f"    nbopt int8 = {prog.backend}; vs best fp32 baseline ({best32:.2f} ms): "
+              f"{best32 / med['nbopt int8']:.2f}x   [{reason}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet18,mobilenet_v2,resnet50")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeat", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ratios are vs torch fp32 eager")
+    for name in args.models.split(","):
+        run(name, [int(b) for b in args.batches.split(",")], args.repeat)
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        main()

@@ -1,0 +1,53 @@
+"""Run calibration data through a model with a progress bar, rejecting batches of the wrong shape."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ForwardError, NboptError
+from ..inputs import batch_inputs, batches, call, describe_shapes, tensors_in
+
+
+def _shapes(inputs: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape[1:]) for t in tensors_in(inputs)]
+
+
+def calibration_inputs(calib: Any) -> Iterator[Any]:
+    """Model inputs of every calibration batch; all must share their non-batch dimensions."""
+    first = None
+    for i, batch in enumerate(batches(calib)):
+        x = batch_inputs(batch)
+        if first is None:
+            first = (_shapes(x), describe_shapes(x))
+        elif _shapes(x) != first[0]:
+            raise NboptError(
+                f"calibration batch {i} has shape {describe_shapes(x)} but batch 0 has {first[1]}; every "
+                "batch must have the same shape apart from the batch size (resize/crop them the same way).")
+        yield x
+
+
+def first_input(calib: Any) -> Any:
+    """The first calibration batch's inputs (the example for export and timing)."""
+    for x in calibration_inputs(calib):
+        return x
+    raise NboptError("the calibration data is empty; pass at least one batch (e.g. a tensor of inputs).")
+
+
+def run_batches(model: nn.Module, calib: Any, *, progress: bool = True, desc: str = "calibrating",
+                limit: int | None = None) -> list[Any]:
+    """Forward every calibration batch through ``model`` (no grad); returns the outputs."""
+    outs = []
+    with torch.no_grad():
+        for i, x in enumerate(tqdm(calibration_inputs(calib), desc=desc, disable=not progress, leave=False)):
+            if limit is not None and i >= limit:
+                break
+            try:
+                outs.append(call(model, x))
+            except ForwardError as exc:
+                raise NboptError(f"calibration batch {i} could not run through the model: {exc}") from None
+    if not outs:
+        raise NboptError("the calibration data is empty; pass at least one batch (e.g. a tensor of inputs).")
+    return outs

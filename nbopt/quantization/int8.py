@@ -1,0 +1,194 @@
+"""Real int8 backends behind one interface: torchao PT2E + torch.compile, and ONNX + onnxruntime.
+
+Both return an :class:`Int8Program` whose ``.model`` is an ``nn.Module`` called with torch tensors.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import NboptError
+from ..inputs import as_args, tensors_in
+from .calibration import calibration_inputs, run_batches
+from .capture import capture_error
+
+
+@dataclass
+class Int8Program:
+    """A converted model and what it weighs."""
+
+    backend: str
+    model: nn.Module
+    dense_bytes: int
+    disk_bytes: int
+
+
+def _need(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise NboptError(f"the int8 path needs {module}; install it with `pip install nbopt[int8]`.") from None
+
+
+def _export_example(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example args with batch >= 2 so export keeps the batch dimension symbolic."""
+    args, kwargs = as_args(example)
+    grow = lambda t: t.repeat(2, *[1] * (t.dim() - 1)) if isinstance(t, torch.Tensor) and t.shape[0] == 1 else t  # noqa: E731
+    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+
+
+def _dynamic_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    spec = lambda t: {0: batch} if isinstance(t, torch.Tensor) and t.dim() > 0 else None  # noqa: E731
+    return tuple(spec(a) for a in args) + tuple(spec(v) for v in kwargs.values()) if kwargs else \
+        tuple(spec(a) for a in args)
+
+
+def export(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any = None) -> nn.Module:
+    """torch.export with a dynamic batch, then ``prepare`` on the graph (identity if None).
+
+    Non-strict first, then strict: non-strict graphs of reused modules (torchvision's ResNet reuses one
+    ReLU) break the X86 quantizer's fusion patterns, strict ones do not.
+    """
+    args, kwargs = _export_example(example)
+    shapes = _dynamic_shapes(args, kwargs)
+    first_error = None
+    for strict in (False, True):
+        try:
+            graph = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes, strict=strict).module()
+            return prepare(graph) if prepare is not None else graph
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the module that failed
+            first_error = first_error or exc
+    raise capture_error(first_error, model, backend)
+
+
+class CompiledInt8(nn.Module):
+    """A converted PT2E program compiled by inductor with freezing (int8 oneDNN kernels)."""
+
+    def __init__(self, converted: nn.Module):
+        super().__init__()
+        self.converted = converted
+        self.compiled = torch.compile(converted, dynamic=False)  # one specialised graph per batch size
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        import torch._inductor.config as inductor_config
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
+               progress: bool = True) -> Int8Program:
+    """torchao PT2E with the X86 inductor quantizer (static or dynamic), then torch.compile."""
+    _need("torchao")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    prepared = export(model, example, prepare=lambda g: prepare_pt2e(g, quantizer))
+    run_batches(prepared, calib if calib is not None else example, progress=progress, desc="calibrating (pt2e)")
+    converted = convert_pt2e(prepared)
+    buf = io.BytesIO()
+    torch.save(converted.state_dict(), buf)
+    dense = _tensor_bytes(converted.state_dict().values())
+    return Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes)
+
+
+class OrtModule(nn.Module):
+    """An onnxruntime session called like a torch module (tensors in, tensors out)."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
+        super().__init__()
+        self.onnx_bytes, self.threads = onnx_bytes, threads or torch.get_num_threads()
+        self._session = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait between calls
+            self._session = ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_session": None}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        names = [i.name for i in self.session.get_inputs()]
+        values = list(tensors_in((args, kwargs)))
+        feed = {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+        outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def export_onnx(model: nn.Module, example: Any, path: str) -> None:
+    """ONNX via the dynamo exporter, batch dimension dynamic."""
+    args, kwargs = _export_example(example)
+    try:
+        torch.onnx.export(model, args, path, kwargs=kwargs or None, dynamo=True,
+                          dynamic_shapes=_dynamic_shapes(args, kwargs), optimize=True, verbose=False)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise capture_error(exc, model, "onnxruntime") from None
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over nbopt calibration batches."""
+
+    def __init__(self, names: list[str], calib: Any, progress: bool):
+        from tqdm.auto import tqdm
+        self.names = names
+        self.it = iter(tqdm(calibration_inputs(calib), desc="calibrating (onnxruntime)", disable=not progress,
+                            leave=False))
+
+    def get_next(self) -> dict[str, Any] | None:
+        x = next(self.it, None)
+        if x is None:
+            return None
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.names, tensors_in(x))}
+
+
+def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
+               progress: bool = True) -> Int8Program:
+    """ONNX export + onnxruntime quantization: static QDQ per-channel, or dynamic."""
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        _need(mod)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        export_onnx(model, example, fp32)
+        if dynamic:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            names = [i.name for i in ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()]
+            quantize_static(fp32, int8, _Reader(names, calib, progress), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        data = open(int8, "rb").read()
+    return Int8Program("onnxruntime", OrtModule(data), _onnx_initializer_bytes(data), len(data))
+
+
+def _onnx_initializer_bytes(data: bytes) -> int:
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load_from_string(data)
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+BUILDERS = {"pt2e": build_pt2e, "onnxruntime": build_onnx}

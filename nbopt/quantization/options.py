@@ -1,0 +1,76 @@
+"""Validated quantization settings shared by quantize(), sensitivity() and qat()."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from torch import nn
+
+from ..errors import NboptError
+
+GRANULARITIES = ("per_channel", "per_tensor")
+OBSERVERS = ("minmax", "percentile", "mse")
+MODES = ("simulate", "int8", "dynamic")
+BACKENDS = ("auto", "pt2e", "onnxruntime")
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def check_bits(bits: int | None, what: str = "weight_bits", allow_none: bool = False) -> None:
+    """Bits must be an int in 2..16 (or None for float activations)."""
+    if bits is None and allow_none:
+        return
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        hint = " or None to keep activations in float" if allow_none else ""
+        raise NboptError(f"{what}={bits!r} is not supported: use an integer from 2 to 16{hint}.")
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise NboptError(f"{what}={value!r} is not one of {', '.join(map(repr, choices))}; pick one of those.")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """How to quantize: bit widths, granularity, symmetry, observer, per-layer overrides."""
+
+    weight_bits: int = 8
+    act_bits: int | None = 8
+    granularity: str = "per_channel"
+    symmetric: bool = True
+    observer: str = "minmax"
+    layer_bits: Mapping[str, int] = field(default_factory=dict)
+    percentile: float = 99.99
+
+    def validate(self) -> "QuantOptions":
+        check_bits(self.weight_bits, "weight_bits")
+        check_bits(self.act_bits, "act_bits", allow_none=True)
+        check_choice(self.granularity, GRANULARITIES, "granularity")
+        check_choice(self.observer, OBSERVERS, "observer")
+        if not 50.0 < self.percentile <= 100.0:
+            raise NboptError(f"percentile={self.percentile} must be in (50, 100], e.g. 99.99.")
+        for name, bits in (self.layer_bits or {}).items():
+            check_bits(bits, f"layer_bits[{name!r}]")
+        return self
+
+    def with_(self, **changes) -> "QuantOptions":
+        return replace(self, **changes)
+
+    def bits_for(self, name: str) -> int:
+        return int(self.layer_bits.get(name, self.weight_bits)) if self.layer_bits else self.weight_bits
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv/Linear layers by qualified name: the layers quantization acts on."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+
+
+def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: str = "layer_bits") -> None:
+    """Every name must be a quantizable layer of ``model``; suggest the closest ones otherwise."""
+    layers = quantizable_layers(model)
+    for name in names or {}:
+        if name not in layers:
+            close = difflib.get_close_matches(name, list(layers), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else \
+                f" Quantizable layers: {', '.join(list(layers)[:8])}{' ...' if len(layers) > 8 else ''}."
+            raise NboptError(f"{what} names {name!r}, which is not a Conv/Linear layer of the model.{hint}")

@@ -1,0 +1,38 @@
+"""Model sizes three ways: dense in memory, on disk, and deployable (packed weights + qparams)."""
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+from ..model_state import size_bytes
+from .options import quantizable_layers
+
+
+def disk_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool = True,
+                     per_channel: bool = True) -> int:
+    """Packed ``bits``-bit weights + fp32 scales (+ zero points) + every other tensor in fp32.
+
+    ``folded`` is the BN-folded float model; fp32 copies some converted programs keep are not counted.
+    """
+    layers = quantizable_layers(folded)
+    quantized = {id(layers[n].weight) for n in bits if n in layers}
+    total = sum(t.numel() * t.element_size() for t in list(folded.parameters()) + list(folded.buffers())
+                if id(t) not in quantized)
+    for name, b in bits.items():
+        w = layers[name].weight
+        n_scales = w.shape[0] if per_channel else 1
+        total += -(-w.numel() * b // 8) + n_scales * (4 if symmetric else 8)
+    return int(total)
+
+
+def fp32_sizes(model: nn.Module) -> dict[str, int]:
+    return {"dense": size_bytes(model), "disk": disk_bytes(model), "deployable": size_bytes(model)}

@@ -1,0 +1,47 @@
+"""%quantize through IPython's test shell."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from tests.magics.conftest import run
+
+
+@pytest.fixture(scope="module")
+def shell(ip):
+    ip.run_cell("import nbopt, torch\nfrom nbopt import demo\nqm = demo.load_model()\n"
+                "qcal = demo.calibration_data(128)")
+    return ip
+
+
+def test_help_lists_every_option(shell):
+    doc = shell.find_line_magic("quantize").__doc__
+    for opt in ("--calib", "--bits", "--act-bits", "--per-tensor", "--asymmetric", "--observer", "--mode",
+                "--eval", "-o", "NOT faster"):
+        assert opt in doc
+
+
+def test_quantize_stores_result(shell, capsys):
+    shell.run_line_magic("quantize", "qm --calib qcal --bits 4 --act-bits none --observer mse "
+                                      "--eval demo.evaluate -o q4")
+    r = shell.user_ns["q4"]
+    assert not r.real and (r.report.weight_bits == 4).all() and r.report.act_bits.isna().all()
+    assert r.accuracy["fp32"] - r.accuracy["quantized"] <= 0.02
+    assert "not faster" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, message", [
+    ("qm --calib qcal --bits 20", "from 2 to 16"),
+    ("nope --calib qcal", "could not evaluate model"),
+    ("qm --mode int8", "calib="),
+    ("qm --calib qcal --eval 3", "not callable"),
+    ("qm --calib qcal --observer best", "could not parse|invalid choice"),
+])
+def test_bad_input_is_a_usage_error(shell, line, message):
+    with pytest.raises(UsageError, match=message):
+        shell.run_line_magic("quantize", line)
+
+
+def test_usage_error_is_shown_without_traceback(shell):
+    _, err = run(shell, "%quantize qm --calib qcal --bits 1")
+    assert type(err) is UsageError

@@ -1,0 +1,163 @@
+"""Simulated quantization, sensitivity, mixed precision, QAT: honest values on the demo model."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nbopt
+from nbopt import demo
+from nbopt.errors import NboptError
+from nbopt.quantization.observers import compute_qparams, fake_quant, qrange
+from tests.conftest import Untouched
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return demo.calibration_data(256)
+
+
+@pytest.fixture(scope="module")
+def fp32_acc(demo_model):
+    return demo.evaluate(demo_model)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("axis", [0, None])
+def test_round_trip_error_at_most_half_a_step(bits, symmetric, axis):
+    w = torch.randn(16, 8, 3, 3) * torch.rand(16, 1, 1, 1) * 3
+    qp = compute_qparams(w, bits, symmetric=symmetric, axis=axis)
+    err = (fake_quant(w, qp) - w).abs()
+    step = qp.scale.reshape(-1, 1, 1, 1) if axis == 0 else qp.scale
+    assert (err <= step / 2 + 1e-6).all()
+    q = torch.round(fake_quant(w, qp) / step) + (qp.zero_point.reshape(-1, 1, 1, 1) if axis == 0 else qp.zero_point)
+    lo, hi = qrange(bits, symmetric)
+    assert q.min() >= lo and q.max() <= hi  # values really sit on a bits-wide grid
+    assert q.unique().numel() <= 2 ** bits
+
+
+def test_clipping_observers_reduce_error_on_outliers():
+    w = torch.randn(1, 4096)
+    w[0, 0] = 40.0  # one outlier stretches the min/max range
+    errs = {obs: (fake_quant(w, qp := compute_qparams(w, 4, observer=obs)) - w)[0, 1:].pow(2).mean()
+            for obs in ("minmax", "percentile", "mse")}
+    assert errs["mse"] < errs["minmax"] and errs["percentile"] < errs["minmax"]
+
+
+def test_16_bit_simulation_matches_fp32(demo_model, calib):
+    r = nbopt.quantize(demo_model, calib, weight_bits=16, act_bits=16, progress=False, repeat=1)
+    x = calib[0]
+    assert torch.allclose(r.model(x), demo_model(x), atol=2e-3)
+    assert r.fidelity["sqnr_db"] > 70 and r.fidelity["top1_agreement"] == 1.0
+
+
+def test_8_bit_within_half_a_point(demo_model, calib, fp32_acc):
+    before = Untouched(demo_model)
+    r = nbopt.quantize(demo_model, calib, weight_bits=8, act_bits=8, evaluate=demo.evaluate, progress=False,
+                       repeat=1)
+    before.check()
+    assert r.accuracy["fp32"] == pytest.approx(fp32_acc)
+    assert fp32_acc - r.accuracy["quantized"] <= 0.005
+    assert not r.real and "not faster" in r.notes[0]
+    rep = r.report
+    assert set(rep.index) == set(nbopt.quantization.options.quantizable_layers(
+        nbopt.quantization.simulate.fold_batchnorm(demo.load_model())))
+    assert (rep.weight_bits == 8).all() and (rep.granularity == "per_channel").all()
+    assert (rep.weight_sqnr_db > 35).all() and (rep.output_sqnr_db > 25).all()
+    assert (rep.scale_min <= rep.scale_max).all()
+    s = r.size_bytes
+    assert s["quantized"]["dense"] >= s["fp32"]["dense"] * 0.95  # simulated: not smaller in memory
+    assert s["quantized"]["deployable"] < s["fp32"]["deployable"] / 3.5
+    assert list(r.summary().columns)[1].startswith("simulated")
+
+
+def test_4_bit_per_channel_within_two_points(demo_model, calib, fp32_acc):
+    r = nbopt.quantize(demo_model, calib, weight_bits=4, act_bits=8, observer="mse", evaluate=demo.evaluate,
+                       progress=False, repeat=1)
+    assert fp32_acc - r.accuracy["quantized"] <= 0.02
+    assert (r.report.weight_bits == 4).all()
+
+
+def test_layer_bits_and_per_tensor_asymmetric(demo_model, calib):
+    r = nbopt.quantize(demo_model, calib, weight_bits=8, act_bits=None, granularity="per_tensor",
+                       symmetric=False, layer_bits={"fc": 3, "stem.0": 6}, progress=False, repeat=1)
+    rep = r.report
+    assert rep.loc["fc", "weight_bits"] == 3 and rep.loc["stem.0", "weight_bits"] == 6
+    assert rep.loc["block1.conv1.0", "weight_bits"] == 8
+    assert (rep.granularity == "per_tensor").all() and not rep.symmetric.any()
+    assert rep.loc["fc", "weight_sqnr_db"] < rep.loc["block1.conv1.0", "weight_sqnr_db"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(weight_bits=1), "from 2 to 16"), (dict(weight_bits=17), "from 2 to 16"),
+    (dict(act_bits=32), "from 2 to 16"), (dict(weight_bits=4.5), "from 2 to 16"),
+    (dict(observer="max"), "observer"), (dict(granularity="per_row"), "granularity"),
+    (dict(layer_bits={"stem.O": 4}), "stem.0"), (dict(mode="int8", weight_bits=4), "simulate"),
+    (dict(mode="int4"), "mode"),
+])
+def test_bad_options_are_clear_errors(demo_model, calib, kwargs, message):
+    before = Untouched(demo_model)
+    with pytest.raises(NboptError, match=message):
+        nbopt.quantize(demo_model, calib, progress=False, **kwargs)
+    before.check()
+
+
+def test_int8_without_calibration_and_wrong_shapes(demo_model, calib):
+    with pytest.raises(NboptError, match="calib=.*mode='dynamic'"):
+        nbopt.quantize(demo_model, mode="int8")
+    with pytest.raises(NboptError, match="act_bits=None"):
+        nbopt.quantize(demo_model, act_bits=8)
+    with pytest.raises(NboptError, match="batch 1 has shape"):
+        nbopt.quantize(demo_model, [calib[0], torch.randn(4, 1, 9, 9)], progress=False)
+    with pytest.raises(NboptError, match="calibration batch 0"):
+        nbopt.quantize(demo_model, torch.randn(4, 3, 8, 8), progress=False)
+
+
+def test_keyboard_interrupt_during_calibration_leaves_model_intact(demo_model, calib):
+    def interrupted():
+        yield calib[0]
+        raise KeyboardInterrupt
+    before = Untouched(demo_model)
+    with pytest.raises(KeyboardInterrupt):
+        nbopt.quantize(demo_model, interrupted(), progress=False)
+    before.check()
+
+
+def test_sensitivity_cached_equals_naive_and_feeds_mixed_precision(demo_model, calib):
+    before = Untouched(demo_model)
+    fast = nbopt.sensitivity(demo_model, calib[0][:32], bits=(8, 4, 2), progress=False)
+    slow = nbopt.sensitivity(demo_model, calib[0][:32], bits=(8, 4, 2), method="naive", progress=False)
+    before.check()
+    assert fast.attrs["method"] == "cached" and slow.attrs["method"] == "naive"
+    cols = [c for c in fast.columns if c.startswith(("drop_", "sqnr_"))]
+    assert torch.allclose(torch.tensor(fast[cols].values), torch.tensor(slow[cols].values), rtol=1e-4, atol=1e-4)
+    assert (fast["sqnr_8bit"] > fast["sqnr_4bit"]).all() and (fast["sqnr_4bit"] > fast["sqnr_2bit"]).all()
+    bits = nbopt.mixed_precision(fast, avg_bits=5)
+    params = fast["params"]
+    assert sum(params[n] * b for n, b in bits.items()) <= params.sum() * 5
+    assert set(bits.values()) <= {8, 4, 2} and len(set(bits.values())) > 1
+    r = nbopt.quantize(demo_model, calib, act_bits=None, layer_bits=bits, progress=False, repeat=1)
+    assert r.report.weight_bits.to_dict() == bits
+    with pytest.raises(NboptError, match="budget"):
+        nbopt.mixed_precision(fast, budget_bytes=10)
+
+
+def test_sensitivity_with_evaluate_is_accuracy_drop(demo_model, calib, fp32_acc):
+    df = nbopt.sensitivity(demo_model, calib[:1], evaluate=demo.evaluate, bits=(2,), progress=False)
+    assert df["drop_2bit"].max() > 0.01  # some layer really is fragile at 2 bits
+    assert df["drop_2bit"].min() >= -0.01
+
+
+def test_qat_recovers_low_bit_accuracy(demo_model, calib, fp32_acc):
+    before = Untouched(demo_model)
+    torch.manual_seed(0)
+    r = nbopt.qat(demo_model, demo.train_loader(), nn.functional.cross_entropy, epochs=2, lr=5e-4, calib=calib[:2],
+                  weight_bits=4, act_bits=8, granularity="per_tensor", evaluate=demo.evaluate, progress=False)
+    before.check()
+    acc = r.accuracy
+    assert acc["quantized"] >= acc["post_training_quantized"]
+    assert fp32_acc - acc["quantized"] <= 0.02
+    assert r.mode == "qat" and not r.real
+    x = calib[0]
+    assert r.model(x).shape == demo_model(x).shape
