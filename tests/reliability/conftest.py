@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # strategies.py / kernel_state.py
 @pytest.fixture
 def ipshell():
     """A fresh-enough IPython shell with nbopt's extension loaded (unloaded again afterwards)."""
-    from IPython.testing.globalipapp import get_ipython
+    from kernel_state import ipython_shell
 
-    ip = get_ipython()
+    ip = ipython_shell()
     ip.run_line_magic("load_ext", "nbopt")
     try:
         yield ip

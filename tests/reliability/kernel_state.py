@@ -145,3 +145,10 @@ def clean_exception(exc: BaseException) -> None:
     text = str(exc)
     for marker in ("Exception raised from", "frame #", "C++ CapturedTraceback", "Traceback (most recent"):
         assert marker not in text, f"torch internals in the message: {text[:300]}"
+
+
+def ipython_shell():
+    """The test IPython shell (``globalipapp.get_ipython`` is rebound after the first call; always look it up)."""
+    from IPython.testing import globalipapp
+
+    return globalipapp.get_ipython() or globalipapp.get_ipython()
