@@ -18,7 +18,7 @@ import time
 import torch
 import torchvision
 
-from nbopt.profile import profile
+from nbopt.profiling import profile
 from nbopt.pruning import Pruner
 from nbopt.timing import compare
 

@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS: dict[str, str] = {
-    "profile": ".profile",
-    "compare": ".profile",
-    "Profile": ".profile",
+    "profile": ".profiling",
+    "compare": ".profiling",
+    "Profile": ".profiling",
     "register_formula": ".counting",
     "clever_format": ".counting.thop_engine",
     "NboptError": ".errors",
@@ -75,20 +75,3 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 __all__ = sorted(_EXPORTS) + ["demo", "load_ipython_extension", "unload_ipython_extension"]
-
-
-class _PackageModule(__import__("types").ModuleType):
-    """Keep lazily exported functions that share a submodule's name (``nbopt.profile``) callable.
-
-    Importing the submodule ``nbopt.profile`` (the magics and panels do) binds the module object on the
-    package, which would shadow the exported function of the same name; bind the function instead.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (_EXPORTS.get(name) == "." + name and isinstance(value, __import__("types").ModuleType)
-                and value.__name__ == f"{__name__}.{name}" and hasattr(value, name)):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-__import__("sys").modules[__name__].__class__ = _PackageModule

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import render
 from .errors import NboptError
-from .profile import profile
+from .profiling import profile
 
 
 def load_model(spec: str) -> nn.Module:

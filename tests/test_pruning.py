@@ -108,7 +108,7 @@ def test_report_columns_and_effective_macs(pruner):
     rep = pruner.report
     for col in ("sparsity", "params_before", "params_after", "dense_macs", "effective_macs", "channels_kept"):
         assert col in rep.columns
-    from nbopt.profile import profile
+    from nbopt.profiling import profile
     table = profile(pruner.original, pruner.example_inputs, latency=False).table
     assert rep["dense_macs"].tolist() == table.loc[rep.index, "macs"].astype(float).tolist()
     assert (rep["effective_macs"] == rep["dense_macs"] * (1 - rep["sparsity"])).all()

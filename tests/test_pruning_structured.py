@@ -12,7 +12,7 @@ import nbopt
 from nbopt import demo
 from nbopt.errors import NboptError
 from nbopt.model_state import same_state, state_fingerprint
-from nbopt.profile import profile
+from nbopt.profiling import profile
 from nbopt.pruning import Pruner
 
 SLOW = pytest.mark.skipif(not os.environ.get("NBOPT_SLOW"), reason="big torchvision models: set NBOPT_SLOW=1")

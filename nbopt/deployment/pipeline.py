@@ -70,7 +70,7 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def count(model: nn.Module, inputs: Any) -> tuple[float, float]:
     """(params, MACs) from nbopt.profile."""
-    from ..profile import profile
+    from ..profiling import profile
 
     p = profile(model, inputs, latency=False)
     return float(p.total_params), float(p.total_macs)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import render
 from ..errors import describe_exception
-from ..profile import Profile, profile, profile_code
+from ..profiling import Profile, profile, profile_code
 from .common import evaluate, parse, store, usage_errors
 
 

@@ -8,7 +8,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import render
-from ..profile import Profile
+from ..profiling import Profile
 from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, show_figure
 
 METRICS = ("macs", "flops", "params", "self_latency_ms", "out_bytes")
@@ -75,7 +75,7 @@ class ProfilePanel:
     @classmethod
     def from_model(cls, model: Any, inputs: Any, *, latency: bool = True, **options: Any) -> "ProfilePanel":
         """Profile ``model`` on ``inputs`` with :func:`nbopt.profile` and open the panel on the result."""
-        from ..profile import profile
+        from ..profiling import profile
 
         return cls(profile(model, inputs, latency=latency), **options)
 

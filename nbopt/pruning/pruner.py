@@ -275,7 +275,7 @@ def out_channels(m: nn.Module) -> int:
 def layer_macs(model: nn.Module, example_inputs: Any) -> dict[str, float]:
     """Per-layer MACs counted by the profiler (NaN where it is unavailable)."""
     try:
-        from ..profile import profile
+        from ..profiling import profile
     except ImportError:
         return {}
     table = profile(model, example_inputs, latency=False).table

@@ -47,7 +47,7 @@ def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None,
 def summarize(before: nn.Module, after: nn.Module, example_inputs: Any, report: pd.DataFrame,
               latency: bool = True) -> pd.DataFrame:
     """Rows params, nonzero params, MACs, effective MACs, size and latency; columns before, after, ratio."""
-    from ..profile import profile
+    from ..profiling import profile
 
     pb, pa = profile(before, example_inputs, latency=False), profile(after, example_inputs, latency=False)
     nz = lambda m: sum(int(torch.count_nonzero(p)) for p in m.parameters())  # noqa: E731
