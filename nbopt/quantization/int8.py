@@ -145,6 +145,8 @@ def export_onnx(model: nn.Module, example: Any, path: str) -> None:
         raise
     except Exception as exc:  # noqa: BLE001
         raise capture_error(exc, model, "onnxruntime") from None
+    import onnx
+    onnx.save(onnx.load(path), path, save_as_external_data=False)  # one self-contained file (no .data)
 
 
 class _Reader:
