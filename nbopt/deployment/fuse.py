@@ -136,13 +136,13 @@ def to_channels_last(model: nn.Module, inputs: Any) -> Any:
 
 
 def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,
-         measure: bool | None = None, repeat: int = 20) -> FuseResult:
+         measure: bool = True, repeat: int = 20) -> FuseResult:
     """Fold BatchNorm into the preceding conv/linear and remove Dropout, on a copy of ``model``.
 
     Pairs are found on a ``torch.fx`` trace (a BN is folded only when it is the sole consumer of the
     layer's output); models that cannot be traced fall back to adjacent layers inside ``nn.Sequential``.
-    ``channels_last=True`` also converts the copy to NHWC and measures both layouts
-    (``result.latency_ms``). Conv+ReLU fusion is left to the runtimes (onnxruntime, XNNPACK) that do it.
+    ``channels_last=True`` also converts the copy to NHWC and (``measure=True``) times both layouts,
+    interleaved (``result.latency_ms``). Conv+ReLU fusion is left to the runtimes (onnxruntime, XNNPACK) that do it.
     """
     check_module(model)
     check_device(model, example_inputs)
@@ -154,15 +154,11 @@ def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,
         result = FuseResult(fused_model, pairs, removed, method=method)
         result.max_abs_diff = max_abs_diff(reference, call(fused_model, example_inputs))
         if channels_last:
+            contiguous = working_copy(fused_model) if measure else None
+            nhwc_inputs = to_channels_last(fused_model, example_inputs)
             result.channels_last = True
-            _measure_layouts(result, example_inputs, repeat) if measure is not False else None
+            if measure:
+                timings = compare({"contiguous": lambda: call(contiguous, example_inputs),
+                                   "channels_last": lambda: call(fused_model, nhwc_inputs)}, repeat=repeat)
+                result.latency_ms = {k: t.median_ms for k, t in timings.items()}
     return result
-
-
-def _measure_layouts(result: FuseResult, inputs: Any, repeat: int) -> None:
-    """Convert ``result.model`` to channels_last and time contiguous vs NHWC (interleaved)."""
-    contiguous = working_copy(result.model)
-    nhwc_inputs = to_channels_last(result.model, inputs)
-    timings = compare({"contiguous": lambda: call(contiguous, inputs),
-                       "channels_last": lambda: call(result.model, nhwc_inputs)}, repeat=repeat)
-    result.latency_ms = {k: t.median_ms for k, t in timings.items()}
