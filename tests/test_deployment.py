@@ -154,3 +154,5 @@ def test_export_data_dependent_branch_names_module(tmp_path, untouched):
         nbopt.export(model, torch.randn(2, 4), "onnx", tmp_path / "b.onnx")
     guard.check()
     assert os.listdir(tmp_path) == []
+    res = nbopt.export(model, torch.randn(2, 4), "torchscript", tmp_path / "b.pt", latency=False)  # the way out
+    assert res.max_abs_diff < 1e-6 and any("froze a data-dependent" in n for n in res.notes)

@@ -73,3 +73,16 @@ def test_quantized_onnxruntime_model_exports(tmp_path):
     assert any("QuantizeLinear" in op or op.startswith("com.microsoft") for op in res.operators)
     with pytest.raises(NboptError, match="exports only to format='onnx'"):
         nbopt.export(q.model, x, "torchscript", tmp_path / "x.pt")
+
+
+def test_plots_draw(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    from nbopt.plots.deployment import plot_pipeline, plot_threads
+
+    fig = plot_threads(pd.DataFrame({"threads": [1, 2], "latency_ms": [2.0, 1.2], "speedup": [1.0, 1.67]}))
+    assert len(fig.axes) == 2
+    table = pd.DataFrame({"status": ["done", "skipped"], "latency_ms": [2.0, float("nan")], "speedup": [1.0, 0]},
+                         index=["fuse", "prune"])
+    assert len(plot_pipeline(table).axes[0].patches) == 1

@@ -134,11 +134,18 @@ def _save_onnx_source(source: Any, tmp: Path) -> None:
         onnx.save(source, str(tmp))
 
 
-def write_torchscript(model: nn.Module, inputs: Any, tmp: Path) -> None:
+def write_torchscript(model: nn.Module, inputs: Any, tmp: Path) -> list[str]:
+    """Trace and save; returns notes for branches the tracer froze (TracerWarnings)."""
+    import warnings
+
     args, kwargs = as_args(inputs)
-    with quiet(), torch.no_grad():
+    with quiet(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, args, example_kwarg_inputs=kwargs or None, check_trace=False)
         torch.jit.save(traced, str(tmp))
+    frozen = {f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    return [f"the trace froze a data-dependent value or branch at {where}: other inputs may take another "
+            "path in eager PyTorch but not in this program" for where in sorted(frozen)]
 
 
 def lower_executorch(model: nn.Module, inputs: Any):
@@ -148,7 +155,7 @@ def lower_executorch(model: nn.Module, inputs: Any):
         from executorch.exir import to_edge_transform_and_lower
     except ImportError as exc:
         raise NboptError(f"format='executorch' needs the executorch package ({exc}); install it with "
-                         "`pip install -c constraints.txt executorch` (1.5.1 installs beside torch 2.14.1).") from None
+                         "`pip install nbopt[deploy]` (executorch 1.5.1 installs beside torch 2.14.1).") from None
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -294,6 +301,7 @@ def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: st
             raise export_error(exc, model, fmt) from None
     ops = executorch_operators(extra) if fmt == "executorch" else _OPERATORS[fmt](final)
     result = ExportResult(fmt, final, final.stat().st_size, ops, _RUNTIME[fmt])
+    result.notes.extend(extra if fmt == "torchscript" else [])
     if check or latency:
         verify(result, work, example_inputs, latency=latency, repeat=repeat)
     return result
