@@ -94,20 +94,18 @@ def output_layers(dg: Any) -> list[nn.Module]:
 
 
 def _blocker(dg: Any, group: Any) -> str | None:
-    """Name of the first member we cannot follow (non Conv/Linear/BN module or bare parameter), else None."""
-    tp = import_tp()
+    """The first member we cannot follow (not Conv/Linear/BN nor a traced functional op), else None."""
     for item in group:
         m = item.dep.target.module
+        if isinstance(m, _CONV) and m.groups not in (1, m.in_channels) \
+                and not dg.is_out_channel_pruning_fn(item.dep.handler):
+            return f"{dg._module2name.get(m, m)} (grouped convolution)"
         if isinstance(m, _CONV + _BN + (nn.Linear,)):
-            if isinstance(m, _CONV) and not item.dep.target.module.groups in (1, m.in_channels) \
-                    and not dg.is_out_channel_pruning_fn(item.dep.handler):
-                return f"{dg._module2name.get(m, m)} (grouped convolution)"
             continue
         if isinstance(m, nn.Module) and type(m).__module__.startswith("torch_pruning"):
             continue  # traced functional op: add, cat, split, reshape, flatten ...
         name = dg._module2name.get(m) if isinstance(m, nn.Module) else None
         return f"{name or item.dep.target.name} ({type(m).__name__})"
-    del tp
     return None
 
 
