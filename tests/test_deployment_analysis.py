@@ -86,3 +86,11 @@ def test_plots_draw(tmp_path):
     table = pd.DataFrame({"status": ["done", "skipped"], "latency_ms": [2.0, float("nan")], "speedup": [1.0, 0]},
                          index=["fuse", "prune"])
     assert len(plot_pipeline(table).axes[0].patches) == 1
+
+
+def test_onnx_support_functionalizes_inplace_ops():
+    import pandas as pd
+    from nbopt.deployment.compatibility import onnx_support
+
+    got = onnx_support(pd.Series(["aten.relu_.default", "aten.add_.Tensor", "aten.batch_norm.default"])).tolist()
+    assert got[0].startswith("yes") and got[1].startswith("yes") and got[2] == "decomposed"

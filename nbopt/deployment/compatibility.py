@@ -98,7 +98,7 @@ def onnx_support(ops: pd.Series) -> pd.Series:
     decomps = torch.export.default_decompositions()
     lookup = {}
     for name in ops.unique():
-        op = _resolve(name)
+        op = _resolve(_functional(name))
         if op is not None and registry.is_registered(op):
             lookup[name] = f"yes (opset {registry.opset_version})"
         elif op is not None and (op in decomps or _composite(op)):
@@ -106,6 +106,14 @@ def onnx_support(ops: pd.Series) -> pd.Series:
         else:
             lookup[name] = "no"
     return ops.map(lookup)
+
+
+def _functional(name: str) -> str:
+    """``aten.relu_.default`` -> ``aten.relu.default``: exporters functionalize in-place ops first."""
+    parts = name.split(".")
+    if len(parts) > 1 and parts[1].endswith("_") and not parts[1].startswith("_"):
+        parts[1] = parts[1][:-1]
+    return ".".join(parts)
 
 
 def _composite(op: Any) -> bool:
