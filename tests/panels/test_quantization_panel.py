@@ -1,0 +1,96 @@
+"""QuantizationPanel: readouts equal nbopt.quantize's numbers; overrides come from the sensitivity table."""
+from __future__ import annotations
+
+import pytest
+
+import nbopt
+from nbopt import demo
+from nbopt.model_state import same_state, state_fingerprint
+
+pytestmark = pytest.mark.skipif(not hasattr(nbopt, "quantize"), reason="nbopt.quantize (quantization issue) missing")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return demo.load_model()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return demo.calibration_data(n=128)
+
+
+@pytest.fixture(scope="module")
+def panel(model, calib):
+    return nbopt.QuantizationPanel(model, calib, evaluate=demo.evaluate, debounce=0, repeat=1)
+
+
+def test_exported(panel):
+    from nbopt.panels import QuantizationPanel
+
+    assert nbopt.QuantizationPanel is QuantizationPanel and isinstance(panel, QuantizationPanel)
+
+
+def test_bit_slider_readouts_equal_core(panel, model, calib):
+    panel.weight_bits.value = 3  # what the slider does
+    direct = nbopt.quantize(model, calib, weight_bits=3, act_bits=8, granularity="per_channel", symmetric=True,
+                            evaluate=demo.evaluate, progress=False, repeat=1)
+    assert panel.result.accuracy == direct.accuracy
+    assert panel.result.fidelity == pytest.approx(direct.fidelity)
+    assert panel.result.size_bytes == direct.size_bytes
+    assert f"accuracy <b>{100 * direct.accuracy['quantized']:.2f}%</b>" in panel.readout.value
+    assert f"sqnr_db <b>{direct.fidelity['sqnr_db']:.4g}</b>" in panel.readout.value
+    assert list(panel.result.report["weight_bits"].unique()) == [3]
+
+
+def test_toggles_and_float_activations(panel, model, calib):
+    panel.set(weight_bits=4, act_bits=None, granularity="per_tensor", symmetric=False)
+    assert panel.options() == {"weight_bits": 4, "act_bits": None, "granularity": "per_tensor", "symmetric": False,
+                               "layer_bits": {}}
+    direct = nbopt.quantize(model, calib, weight_bits=4, act_bits=None, granularity="per_tensor", symmetric=False,
+                            evaluate=demo.evaluate, progress=False, repeat=1)
+    assert panel.result.accuracy == direct.accuracy
+    assert panel.act_bits.disabled
+    panel.set(weight_bits=8, act_bits=8, granularity="per_channel", symmetric=True)
+
+
+def test_sensitivity_drives_layer_overrides(panel, model, calib):
+    sens = panel.measure_sensitivity(bits=(4, 2))
+    assert list(panel.layer.options)[0] == sens.sort_values("drop_2bit", ascending=False).index[0]
+    layer = panel.layer.options[0]
+    panel.set_layer_bits(layer, 2)
+    assert panel.result.report.loc[layer, "weight_bits"] == 2
+    direct = nbopt.quantize(model, calib, weight_bits=8, act_bits=8, layer_bits={layer: 2}, evaluate=demo.evaluate,
+                            progress=False, repeat=1)
+    assert panel.result.accuracy == direct.accuracy
+    bits = panel.apply_mixed_precision(avg_bits=3)
+    assert bits == nbopt.mixed_precision(sens, avg_bits=3)
+    panel.clear_layer_bits()
+    assert panel.layer_bits == {} and set(panel.result.report["weight_bits"]) == {8}
+
+
+def test_errors_shown_in_panel_and_model_untouched(model, calib):
+    fp = state_fingerprint(model)
+    panel = nbopt.QuantizationPanel(model, calib, debounce=0, repeat=1)
+    panel.layer_bits = {"no_such_layer": 4}
+    panel.weight_bits.value = 6  # callback: the core rejects the name; the panel shows it
+    assert "no_such_layer" in panel.status.value
+    with pytest.raises(nbopt.NboptError):
+        panel.set_layer_bits("still_not_a_layer", 4)
+    panel.layer_bits = {}
+    panel.weight_bits.value = 5
+    assert panel.status.value == "" and panel.result.options["weight_bits"] == 5
+    assert panel.result.accuracy is None and "fidelity" in panel.readout.value
+    assert same_state(model, fp)
+
+
+def test_needs_calibration_data(model):
+    with pytest.raises(nbopt.NboptError, match="calibration"):
+        nbopt.QuantizationPanel(model, None)
+
+
+def test_int8_button_shows_measured_speedup(model, calib):
+    panel = nbopt.QuantizationPanel(model, calib, debounce=0, repeat=1, int8_backend="onnxruntime")
+    panel.int8_button.click()
+    assert panel.int8 is not None and panel.int8.real
+    assert f"{panel.int8.speedup:.2f}x" in panel.int8_html.value
