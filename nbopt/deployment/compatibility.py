@@ -158,7 +158,7 @@ def _executorch_column(df: pd.DataFrame, program: torch.export.ExportedProgram) 
     try:
         import executorch  # noqa: F401
     except ImportError:
-        return pd.Series(["unknown (pip install executorch)"] * len(df), index=df.index)
+        return pd.Series(["unknown (pip install nbopt[deploy])"] * len(df), index=df.index)
     by_module = executorch_support(program)
     return df["module"].map(lambda m: by_module.get(m, "xnnpack"))
 

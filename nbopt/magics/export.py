@@ -1,7 +1,6 @@
 """``%export MODEL INPUT --format onnx --path file.onnx``: parse, call :func:`nbopt.export`, display."""
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
 from IPython.core.magic import Magics, line_magic, magics_class
