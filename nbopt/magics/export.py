@@ -1,7 +1,6 @@
 """``%export MODEL INPUT --format onnx --path file.onnx``: parse, call :func:`nbopt.export`, display."""
 from __future__ import annotations
 
-
 import pandas as pd
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
