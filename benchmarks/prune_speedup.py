@@ -80,13 +80,14 @@ def set_timing(size: int) -> list[str]:
     for label, kw in [("unstructured global", {}), ("unstructured layer", {"scope": "layer"}),
                       ("structured layer", {"structured": True, "scope": "layer"})]:
         pruner.set(amount=0.1, **kw)  # first structured call traces the dependency groups once
-        ms = []
+        ms, cpu = [], []
         for a in amounts:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             pruner.set(amount=a, **kw)
             ms.append((time.perf_counter() - t0) * 1e3)
-        lines.append(f"Pruner.set({label}) over {len(amounts)} slider steps: median {statistics.median(ms):.1f} ms, "
-                     f"max {max(ms):.1f} ms")
+            cpu.append((time.process_time() - c0) * 1e3)
+        lines.append(f"Pruner.set({label}) over {len(amounts)} slider steps: wall median {statistics.median(ms):.1f} ms "
+                     f"(max {max(ms):.1f}), CPU time median {statistics.median(cpu):.1f} ms (all threads)")
         print(lines[-1], flush=True)
     return lines
 
@@ -97,13 +98,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 gives steadier ratios on a shared, loaded machine)")
+    parser.add_argument("--no-set-timing", action="store_true", help="skip the Pruner.set timing")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}x{args.size}")
     print("| model | batch | variant | GMACs | MACs ratio | latency ms (format) | latency ratio | latency/MACs |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         speed_table(name, args.size, args.batches, args.repeat)
-    set_timing(args.size)
+    if not args.no_set_timing:
+        set_timing(args.size)
 
 
 if __name__ == "__main__":

@@ -167,3 +167,19 @@ def test_tied_weights_are_counted_once():
     p = Pruner(Tied(), torch.randn(2, 8), progress=False).set(amount=0.5)
     assert p.layer_names == ["a", "b"] or p.layer_names == ["a"]
     assert int((p.model.a.weight == 0).sum()) == 32
+
+
+def test_global_cut_exact_with_ties_both_paths():
+    from nbopt.pruning.masks import build_masks, global_counts
+    torch.manual_seed(1)
+    layers = {f"l{i}": nn.Linear(7 + i, 5) for i in range(4)}
+    for m in layers.values():
+        m.weight.data = (m.weight.data * 4).round() / 4  # many exact ties
+    masks = list(build_masks(layers).values())
+    pool = torch.cat([m.sorted_abs for m in masks]).sort().values
+    total = sum(m.numel for m in masks)
+    for k in range(0, total + 1, 3):
+        fast, slow = global_counts(masks, k, pool), global_counts(masks, k)
+        assert fast == slow and sum(fast.values()) == k
+        cut = pool[k - 1] if k else -1.0
+        assert all(float(m.sorted_abs[c - 1]) <= cut for m, c in zip(masks, fast.values()) if c)

@@ -24,8 +24,9 @@ class LayerMask:
     module: nn.Module
     original: torch.Tensor
     sorted_abs: torch.Tensor
-    _rank: torch.Tensor | None = field(default=None, repr=False)
+    order: torch.Tensor  # flat element indices by ascending magnitude (stable), int32
     k: int = 0
+    _rank: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def numel(self) -> int:
@@ -33,11 +34,10 @@ class LayerMask:
 
     @property
     def rank(self) -> torch.Tensor:
-        """Position of every element in the stable magnitude order (built on first use)."""
+        """Position of every element in the magnitude order (for non-contiguous weights; built on first use)."""
         if self._rank is None:
-            order = torch.argsort(self.original.abs().flatten(), stable=True)
             rank = torch.empty(self.numel, dtype=torch.int32)
-            rank[order] = torch.arange(self.numel, dtype=torch.int32)
+            rank[self.order.long()] = torch.arange(self.numel, dtype=torch.int32)
             self._rank = rank.view_as(self.original)
         return self._rank
 
@@ -47,15 +47,23 @@ class LayerMask:
         return int(torch.searchsorted(self.sorted_abs, t, right=False))
 
     def apply(self, k: int) -> None:
-        """Zero the ``k`` smallest-magnitude weights (k = 0 restores the original bit for bit)."""
-        k = int(k)
+        """Zero the ``k`` smallest-magnitude weights (k = 0 restores the original bit for bit).
+
+        Only the weights between the previous and the new cut are touched, so small slider steps are cheap.
+        """
+        k, w = int(k), self.module.weight.data
         if k == self.k:
             return
-        w = self.module.weight.data
-        if k == 0:
-            w.copy_(self.original)
-        else:
+        if not w.is_contiguous():
             torch.mul(self.original, self.rank >= k, out=w)
+        elif self.k < 0 or abs(k - self.k) > k:  # unknown state or a long way: rewrite from the original
+            w.copy_(self.original)
+            w.view(-1).index_fill_(0, self.order[:k].long(), 0)
+        elif k > self.k:
+            w.view(-1).index_fill_(0, self.order[self.k:k].long(), 0)
+        else:
+            idx = self.order[k:self.k].long()
+            w.view(-1).index_copy_(0, idx, self.original.view(-1).index_select(0, idx))
         self.k = k
 
 
@@ -104,28 +112,30 @@ def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] 
 
 
 def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[str, LayerMask]:
-    """Clone every weight and rank its magnitudes once (the slow part; setting masks is then cheap)."""
+    """Clone every weight and sort its magnitudes once (the slow part; setting masks is then cheap)."""
     from tqdm.auto import tqdm
 
     masks = {}
     for name, m in tqdm(layers.items(), desc="sort weight magnitudes", disable=not progress):
-        original = m.weight.detach().clone()
+        original = m.weight.detach().clone(memory_format=torch.contiguous_format)
         mags = original.abs().flatten().float()
         order = torch.argsort(mags, stable=True)
-        rank = torch.empty(mags.numel(), dtype=torch.int32)
-        rank[order] = torch.arange(mags.numel(), dtype=torch.int32)
-        masks[name] = LayerMask(name, m, original, mags[order], rank.view_as(original))
+        masks[name] = LayerMask(name, m, original, mags[order], order.to(torch.int32))
     return masks
 
 
-def global_counts(masks: list[LayerMask], k_total: int) -> dict[str, int]:
+def global_counts(masks: list[LayerMask], k_total: int, pool_sorted: torch.Tensor | None = None
+                  ) -> dict[str, int]:
     """Split ``k_total`` pruned weights across layers by one global magnitude order (exact count).
 
-    Bisects the float32 threshold t so that #(|w| < t) <= k_total <= #(|w| <= t), then gives the
-    remaining ties at t to layers in order.
+    The cut t is the k-th smallest magnitude of the pool (read from ``pool_sorted``, all the layers'
+    magnitudes sorted, when given; else found by bisecting float32 bit patterns), so that
+    #(|w| < t) <= k_total <= #(|w| <= t); the remaining ties at t go to layers in order.
     """
     if k_total <= 0:
         return {m.name: 0 for m in masks}
+    if pool_sorted is not None:
+        return _split_at(masks, k_total, pool_sorted[k_total - 1].view(1))
     lo, hi = 0, 0x7F800000  # non-negative float32 bit patterns are ordered like their values
     as_float = lambda bits: torch.tensor([bits], dtype=torch.int32).view(torch.float32)  # noqa: E731
     while lo < hi:  # smallest t with #(|w| <= t) >= k_total
@@ -136,7 +146,10 @@ def global_counts(masks: list[LayerMask], k_total: int) -> dict[str, int]:
             hi = mid
         else:
             lo = mid + 1
-    t = as_float(lo)
+    return _split_at(masks, k_total, as_float(lo))
+
+
+def _split_at(masks: list[LayerMask], k_total: int, t: torch.Tensor) -> dict[str, int]:
     counts = {m.name: int(torch.searchsorted(m.sorted_abs, t, right=False)) for m in masks}
     left = k_total - sum(counts.values())
     for m in masks:
