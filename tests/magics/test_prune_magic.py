@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
 
 from nbopt import demo
 from nbopt.model_state import same_state, state_fingerprint
 
 
-@pytest.fixture(scope="module")
-def ip():
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "nbopt")
-    shell.user_ns.update(model=demo.load_model(), x=demo.example_input(2), demo=demo)
-    return shell
+@pytest.fixture(autouse=True)
+def _namespace(ip):
+    """The shared shell (tests/magics/conftest.py) with a fresh demo model for every test."""
+    ip.user_ns.update(model=demo.load_model(), x=demo.example_input(2), demo=demo)
 
 
 def test_prune_stores_result_and_leaves_model(ip):
