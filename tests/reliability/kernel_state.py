@@ -54,7 +54,9 @@ def _patched(before: dict[str, int], namespace: Any, what: str) -> list[str]:
     now = vars(namespace)
     out = [f"{what}.{k} replaced" for k, i in before.items() if k not in now or id(now[k]) != i]
     # new names are allowed only when they are submodules imported lazily (torch._dynamo ...)
-    out += [f"{what}.{k} added" for k in now.keys() - before.keys() if not isinstance(now[k], types.ModuleType)]
+    # (and copyreg's __slotnames__ cache, which Python adds to a class the first time it is deep-copied)
+    out += [f"{what}.{k} added" for k in now.keys() - before.keys()
+            if not isinstance(now[k], types.ModuleType) and k != "__slotnames__"]
     return out
 
 

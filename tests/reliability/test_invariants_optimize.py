@@ -1,0 +1,134 @@
+"""Property-based invariants of pruning and quantization over random small networks.
+
+* the model passed in is never touched (state, hooks, flags, torch namespaces, dispatch modes);
+* pruning amount 0 reproduces the original outputs exactly; sliding a Pruner back to an earlier setting
+  restores the weights bit for bit;
+* 16-bit simulation reproduces the original outputs (to float rounding of BatchNorm folding).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbopt
+from nbopt.model_state import preserved, same_state, state_fingerprint
+from kernel_state import Snapshot
+from strategies import RELIABLE, cases
+
+FEW = settings(RELIABLE, max_examples=max(5, RELIABLE.max_examples // 2))
+FEWER = settings(RELIABLE, max_examples=max(4, RELIABLE.max_examples // 4))  # quantize: copies, FX, timing
+
+
+def plain(case):
+    """The case's model behind an ``nn.Sequential`` (one positional input: FX capture sees no optional kwarg)."""
+    return torch.nn.Sequential(case.model)
+
+
+def api(name: str):
+    try:
+        return getattr(nbopt, name)
+    except (AttributeError, ImportError) as exc:
+        pytest.skip(f"nbopt.{name} not available yet: {exc}")
+
+
+def outputs(model: torch.nn.Module, x) -> torch.Tensor:
+    with preserved(model, eval_mode=True), torch.no_grad():  # mixed per-module flags come back as they were
+        return model(**x) if isinstance(x, dict) else model(x)
+
+
+# ---------------------------------------------------------------- pruning
+@FEW
+@given(case=cases(max_blocks=3, family="image", keyword=False),
+       amounts=st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.9]), min_size=1, max_size=4),
+       structured=st.booleans())
+def test_pruner_slides_back_bit_for_bit_and_never_touches_the_model(case, amounts, structured):
+    Pruner = api("Pruner")
+    x = case.inputs()
+    snap = Snapshot.take(case.model)
+    before = outputs(case.model, x)
+    pruner = Pruner(case.model, x, progress=False)
+    original = state_fingerprint(pruner.model)
+    seen = {}
+    for a in amounts:
+        try:
+            pruner.set(a, structured=structured)
+        except nbopt.NboptError as exc:  # e.g. no channel group a structured plan can remove
+            assert structured, exc
+            continue
+        state = state_fingerprint(pruner.model)
+        if a in seen:  # the same setting again gives the same weights, whatever came between
+            assert same_state(pruner.model, seen[a])
+        seen[a] = state
+    pruner.set(0.0)
+    assert same_state(pruner.model, original), "sliding back to 0 did not restore the weights bit for bit"
+    assert torch.equal(outputs(pruner.model, x), before)
+    pruner.reset()
+    assert same_state(pruner.model, original)
+    snap.assert_unchanged()
+
+
+@FEW
+@given(case=cases(max_blocks=3, keyword=False))
+def test_prune_amount_zero_reproduces_the_outputs(case):
+    prune = api("prune")
+    x = case.inputs()
+    snap = Snapshot.take(case.model)
+    before = outputs(case.model, x)
+    try:
+        result = prune(case.model, x, amount=0.0, latency=False, progress=False)
+    except nbopt.NboptError as exc:
+        assert "prunable" in str(exc)  # e.g. a net whose only layers are shared/attention internals
+        snap.assert_unchanged()
+        return
+    snap.assert_unchanged()
+    assert result.model is not case.model
+    assert torch.equal(outputs(result.model, x), before)
+
+
+# ---------------------------------------------------------------- quantization
+@FEWER
+@given(case=cases(max_blocks=2, family="image", keyword=False), act=st.sampled_from([16, None]))
+def test_16_bit_simulation_reproduces_the_outputs(case, act):
+    quantize = api("quantize")
+    model, x = plain(case), case.inputs(batch=4)
+    snap = Snapshot.take(model)
+    before = outputs(model, x)
+    result = quantize(model, x, weight_bits=16, act_bits=act, progress=False, repeat=1)
+    snap.assert_unchanged()
+    after = outputs(result.model, x)
+    scale = before.abs().max().item() + 1e-6
+    assert (after - before).abs().max().item() <= 2e-3 * scale, (after - before).abs().max()
+    assert result.fidelity.get("top1_agreement", 1.0) == 1.0 or before.shape[1] == 1
+
+
+@FEWER
+@given(case=cases(max_blocks=2, family="image", keyword=False), bits=st.sampled_from([2, 4, 8]))
+def test_quantize_and_sensitivity_never_touch_the_model(case, bits):
+    quantize, sensitivity = api("quantize"), api("sensitivity")
+    model, x = plain(case), case.inputs(batch=4)
+    snap = Snapshot.take(model)
+    quantize(model, x, weight_bits=bits, act_bits=8, progress=False, repeat=1)
+    snap.assert_unchanged()
+    table = sensitivity(model, x, bits=(bits,), progress=False)
+    snap.assert_unchanged()
+    assert len(table) >= 1  # the Linear head at least
+
+
+@pytest.mark.xfail(reason="quantize's FX capture traces `if scale is not None` with a Proxy, so a forward with "
+                          "an optional keyword argument fails; reported to the lead", strict=False)
+def test_quantize_model_with_optional_keyword_argument():
+    quantize = api("quantize")
+
+    class WithMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x, mask=None):
+            y = self.fc(x)
+            return y if mask is None else y * mask
+
+    result = quantize(WithMask(), torch.randn(8, 4), weight_bits=8, act_bits=8, progress=False, repeat=1)
+    assert result.fidelity["cosine"] > 0.99
