@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: demo test env env-dev
+.PHONY: demo test env env-dev browser-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,5 +18,17 @@ env-dev: $(BIN)/python
 demo: env
 	$(BIN)/python -m nbopt demo
 
-test: env-dev
+# The real-browser test (tests/browser/) needs Debian's chromium and npm playwright-core (no browser
+# download). Idempotent: does nothing when both are present. Installing chromium needs root (CI is root).
+browser-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "browser-deps: chromium missing and not root; run: sudo apt-get install -y chromium (browser test will skip)"; \
+	  fi; \
+	fi
+	@test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm ci --no-audit --no-fund)
+
+test: env-dev browser-deps
 	$(BIN)/python -m pytest -q

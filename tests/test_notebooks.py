@@ -43,8 +43,6 @@ def execute(path: Path, kernel_name: str) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    env_note = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    os.environ.update(env_note)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=kernel_name,
                             resources={"metadata": {"path": str(path.parent)}}, allow_errors=False)
     client.execute()

@@ -117,17 +117,27 @@ class Guard:
         return wrapped
 
 
-def show_figure(out: widgets.Output, fig: Any) -> None:
-    """Replace ``out``'s content with ``fig`` in place and close the figure (no leak below the widget)."""
+def show_figure(image: widgets.Image, fig: Any) -> None:
+    """Replace ``image``'s picture with ``fig`` in place (PNG), then close the figure so none leaks.
+
+    An ``Image`` widget is updated by state sync, so it also updates from debounced callbacks that run
+    outside a kernel request; ``Output`` capture there did not reach the browser (seen in JupyterLab 4).
+    """
+    import io
+
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
     try:
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        image.value = buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def figure_widget() -> widgets.Image:
+    """An empty picture slot for :func:`show_figure`."""
+    return widgets.Image(format="png", layout=widgets.Layout(max_width="560px")).add_class("nbopt-plot")
 
 
 def table_html(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None,

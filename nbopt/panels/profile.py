@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import render
 from ..profiling import Profile
-from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, show_figure
+from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, show_figure
 
 METRICS = ("macs", "flops", "params", "self_latency_ms", "out_bytes")
 GROUPS = ("layer", "type", "depth")
@@ -60,7 +60,7 @@ class ProfilePanel:
         self.notes = widgets.HTML(f"<p>{html.escape(notes)}</p>" if notes else "")
         self.status = widgets.HTML("")
         self.table = widgets.HTML()
-        self.plot = widgets.Output()
+        self.plot = figure_widget()
         self.rows: pd.DataFrame = pd.DataFrame()
         self.figure: Any = None
         self.guard = Guard(self.status)
@@ -110,7 +110,7 @@ class ProfilePanel:
             show_figure(self.plot, self.figure)
         else:
             self.figure = None
-            self.plot.clear_output()
+            self.plot.value = b""
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import NboptError
 from ..inputs import check_module
 from ..render import readable, readable_bytes
-from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, percent, show_figure, table_html
+from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, percent, show_figure, table_html
 
 TABLE_COLUMNS = ["type", "sparsity", "params_before", "params_after", "dense_macs", "effective_macs",
                  "channels", "channels_kept"]
@@ -89,15 +89,15 @@ class PruningPanel:
         self._unstructured_threshold_max = self._largest_safe_threshold()
 
         style = {"description_width": "90px"}
-        wide = widgets.Layout(width="460px")
+        wide = lambda: widgets.Layout(width="460px")  # noqa: E731 - one Layout per widget (display toggles)
         self.by = widgets.ToggleButtons(options=[("sparsity", "amount"), ("threshold", "threshold")],
                                         value="amount", description="prune by", style=style)
         self.amount = widgets.FloatSlider(value=amount, min=0.0, max=max_amount, step=step, description="sparsity",
-                                          continuous_update=False, readout_format=".2f", style=style, layout=wide)
+                                          continuous_update=False, readout_format=".2f", style=style, layout=wide())
         self.threshold = widgets.FloatSlider(value=0.0, min=0.0, max=self._unstructured_threshold_max,
                                              step=self._unstructured_threshold_max / 100, description="threshold",
                                              continuous_update=False, readout_format=".4f", style=style,
-                                             layout=wide)
+                                             layout=wide())
         self.threshold.layout.display = "none"
         self.structured = widgets.ToggleButtons(options=[("unstructured", False), ("structured", True)],
                                                 value=structured, description="kind", style=style)
@@ -119,7 +119,7 @@ class PruningPanel:
         self.accuracy_html = widgets.HTML().add_class("nbopt-accuracy")
         self.measured_html = widgets.HTML().add_class("nbopt-measured")
         self.table = widgets.HTML().add_class("nbopt-table")
-        self.plot = widgets.Output()
+        self.plot = figure_widget()
 
         self.guard = Guard(self.status)
         self._debounced = Debouncer(self.guard(self.update), debounce)

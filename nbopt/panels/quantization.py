@@ -54,11 +54,11 @@ class QuantizationPanel:
         self._cache: dict[str, Any] = {}
 
         style = {"description_width": "110px"}
-        wide = widgets.Layout(width="420px")
+        wide = lambda: widgets.Layout(width="420px")  # noqa: E731 - one Layout per widget
         self.weight_bits = widgets.IntSlider(value=weight_bits, min=2, max=16, description="weight bits",
-                                             continuous_update=False, style=style, layout=wide)
+                                             continuous_update=False, style=style, layout=wide())
         self.act_bits = widgets.IntSlider(value=act_bits or 8, min=2, max=16, description="activation bits",
-                                          continuous_update=False, style=style, layout=wide)
+                                          continuous_update=False, style=style, layout=wide())
         self.act_float = widgets.Checkbox(value=act_bits is None, description="float activations")
         self.granularity = widgets.ToggleButtons(options=[("per-channel", "per_channel"),
                                                           ("per-tensor", "per_tensor")],

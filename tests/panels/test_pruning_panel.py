@@ -85,6 +85,10 @@ def test_history_plot_grows_and_marks_current(panel):
     assert len(star) == 1
     assert star[0].get_xdata()[0] == pytest.approx(100 * panel.totals["sparsity"])
     assert star[0].get_ydata()[0] == pytest.approx(100 * panel.accuracy)
+    assert bytes(panel.plot.value).startswith(b"\x89PNG")  # the figure is shown in place, then closed
+    import matplotlib.pyplot as plt
+
+    assert not plt.fignum_exists(panel.figure.number)
 
 
 def test_export_and_model_untouched(model, x):
@@ -123,3 +127,13 @@ def test_bad_arguments():
         nbopt.PruningPanel("not a model", demo.example_input(1))
     with pytest.raises(TypeError, match="evaluate"):
         nbopt.PruningPanel(demo.load_model(), demo.example_input(1), evaluate=0.9)
+
+
+def test_only_the_active_slider_is_displayed(model, x):
+    panel = nbopt.PruningPanel(model, x, debounce=0)
+    assert panel.amount.layout is not panel.threshold.layout
+    assert panel.amount.layout.display != "none" and panel.threshold.layout.display == "none"
+    panel.set(threshold=0.01)
+    assert panel.amount.layout.display == "none" and panel.threshold.layout.display != "none"
+    panel.set(0.1)
+    assert panel.amount.layout.display != "none" and panel.threshold.layout.display == "none"

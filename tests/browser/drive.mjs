@@ -1,0 +1,127 @@
+// Drive JupyterLab in Debian's chromium: open the pruning notebook, run it, move the PruningPanel's
+// sparsity slider with the keyboard, and report what the page shows and what the kernel computes.
+// Usage: node drive.mjs  (config from env: NBOPT_LAB_URL, NBOPT_TOKEN, NBOPT_NOTEBOOK, NBOPT_SCREENSHOT,
+// NBOPT_PRESSES). Prints one line of JSON on stdout; exits non-zero on failure.
+import { chromium } from 'playwright-core';
+
+const base = process.env.NBOPT_LAB_URL;
+const token = process.env.NBOPT_TOKEN;
+const notebook = process.env.NBOPT_NOTEBOOK;
+const screenshot = process.env.NBOPT_SCREENSHOT;
+const presses = Number(process.env.NBOPT_PRESSES || '10');
+const log = (...a) => console.error(new Date().toISOString(), ...a);
+
+const browser = await chromium.launch({
+  executablePath: process.env.NBOPT_CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
+});
+const result = { presses };
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page.setDefaultTimeout(120000);
+  page.on('pageerror', (e) => log('pageerror', e.message));
+  await page.goto(`${base}/lab/tree/${notebook}?token=${token}&reset`);
+  await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
+  await page.waitForSelector('.jp-Notebook .jp-Cell');
+  // JupyterLab may ask which kernel to start: accept its proposal (the notebook's python3).
+  await page.waitForFunction(() => document.querySelector('.jp-Dialog') ||
+    window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel, null, { polling: 250 });
+  const accept = page.locator('.jp-Dialog .jp-mod-accept');
+  if (await accept.count()) { log('kernel dialog: accepting', await page.locator('.jp-Dialog select').inputValue().catch(() => '?')); await accept.click(); }
+  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle',
+    null, { polling: 250 });
+  log('notebook open, kernel idle');
+
+  // Run every cell, then wait until each code cell has an execution count and the kernel is idle.
+  await page.evaluate(() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); });
+  const deadline = Date.now() + Number(process.env.NBOPT_RUN_TIMEOUT_MS || '240000');
+  let lastReport = 0;
+  for (;;) {
+    const state = await page.evaluate(() => {
+      const nb = window.jupyterapp.shell.currentWidget;
+      const cells = nb && nb.content ? nb.content.widgets.filter((c) => c.model.type === 'code') : [];
+      const done = cells.filter((c) => c.model.executionCount !== null && c.model.executionCount !== undefined);
+      const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+      return { total: cells.length, done: done.length, status: ind ? ind.getAttribute('data-status') : null };
+    });
+    if (state.total > 0 && state.done === state.total && state.status === 'idle') break;
+    if (Date.now() - lastReport > 10000) { log('running', JSON.stringify(state)); lastReport = Date.now(); }
+    if (Date.now() > deadline) throw new Error('notebook did not finish: ' + JSON.stringify(state));
+    await page.waitForTimeout(500);
+  }
+  log('notebook executed');
+  result.errors = await page.$$eval('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
+    (els) => els.map((e) => e.textContent).filter((t) => t.includes('Traceback') || t.includes('Error')));
+
+  const panel = page.locator('.nbopt-pruning-panel').first();
+  await panel.waitFor();
+  await panel.scrollIntoViewIfNeeded();
+  const handle = panel.locator('.noUi-handle').first();
+  const readout = panel.locator('.widget-readout').first();
+  const accuracy = panel.locator('.nbopt-accuracy');
+  const tableRows = async () => panel.locator('.nbopt-table table tbody tr').evaluateAll((rows) => rows.map(
+    (r) => [r.querySelector('th').textContent.trim(), ...[...r.querySelectorAll('td')].map((td) => td.textContent.trim())]));
+  const headers = await panel.locator('.nbopt-table table thead tr').first()
+    .evaluate((r) => [...r.querySelectorAll('th')].map((th) => th.textContent.trim()));
+
+  const plotSrc = async () => (await panel.locator('img.nbopt-plot, .nbopt-plot img').first().getAttribute('src')) || '';
+  result.before = { valuenow: await handle.getAttribute('aria-valuenow'), readout: (await readout.textContent()).trim(),
+                    accuracy: (await accuracy.textContent()).trim(), rows: await tableRows(), plot: await plotSrc() };
+  log('before', result.before.valuenow, result.before.accuracy);
+
+  // Keyboard: focus the slider handle and press ArrowRight (each press is one event to the kernel).
+  await handle.focus();
+  for (let i = 0; i < presses; i++) await page.keyboard.press('ArrowRight');
+  const target = await handle.getAttribute('aria-valuenow');
+  log('pressed', presses, 'x ArrowRight; handle at', target);
+  // Wait for the kernel's (debounced) update to reach the page: accuracy text changed and stable.
+  await page.waitForFunction((before) => {
+    const el = document.querySelector('.nbopt-pruning-panel .nbopt-accuracy');
+    return el && el.textContent.trim() !== before;
+  }, result.before.accuracy, { timeout: 120000, polling: 200 });
+  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  await page.waitForTimeout(1500);
+  result.after = { valuenow: await handle.getAttribute('aria-valuenow'), readout: (await readout.textContent()).trim(),
+                   accuracy: (await accuracy.textContent()).trim(), rows: await tableRows(),
+                   totals: (await panel.locator('.nbopt-totals').textContent()).trim(), plot: await plotSrc() };
+  result.headers = headers;
+  log('after', result.after.valuenow, result.after.accuracy);
+
+  // Ask the kernel, independently of the panel, what this setting gives.
+  const code = `
+import json as _json
+_check = nbopt.Pruner(model, x, progress=False).set(amount=panel.amount.value)
+_rep = _check.report
+print("NBOPT_JSON" + _json.dumps({
+    "slider": panel.amount.value,
+    "layers": list(_rep.index),
+    "sparsity": [float(v) for v in _rep["sparsity"]],
+    "params_after": [int(v) for v in _rep["params_after"]],
+    "effective_macs": [float(v) for v in _rep["effective_macs"]],
+    "total_sparsity": _check.sparsity,
+    "accuracy": demo.evaluate(_check.model),
+    "panel_accuracy": panel.accuracy,
+    "updates": panel._debounced.calls,
+}))`;
+  result.kernel = await page.evaluate(async (source) => {
+    const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+    const future = kernel.requestExecute({ code: source, store_history: false });
+    let out = '';
+    future.onIOPub = (msg) => {
+      if (msg.header.msg_type === 'stream') out += msg.content.text;
+      if (msg.header.msg_type === 'error') out += 'ERROR ' + msg.content.ename + ': ' + msg.content.evalue;
+    };
+    await future.done;
+    return out;
+  }, code);
+  await panel.screenshot({ path: screenshot });
+  result.screenshot = screenshot;
+  console.log(JSON.stringify(result));
+} catch (err) {
+  result.failure = String(err && err.stack || err);
+  console.log(JSON.stringify(result));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
