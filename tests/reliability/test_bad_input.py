@@ -262,3 +262,87 @@ def _importable(module: str) -> bool:
         return True
     except ImportError:
         return False
+
+
+# ---------------------------------------------------------------- quantization
+@pytest.mark.parametrize("kw, bits", [("weight_bits", 0), ("weight_bits", 1), ("weight_bits", 17),
+                                      ("weight_bits", 2.5), ("act_bits", 1), ("act_bits", 17)])
+def test_quantize_bit_widths_out_of_range(kw, bits):
+    quantize = api("quantize")
+    m = small_cnn()
+    raises(NboptError, rf"{kw}={bits} is not supported: use an integer from 2 to 16", quantize, m, X,
+           progress=False, model=m, **{kw: bits})
+
+
+@pytest.mark.parametrize("bits", [0, 1, 17])
+def test_sensitivity_bit_widths_out_of_range(bits):
+    sensitivity = api("sensitivity")
+    m = small_cnn()
+    raises(NboptError, rf"bits={bits} is not supported: use an integer from 2 to 16", sensitivity, m, X,
+           bits=(bits,), progress=False, model=m)
+
+
+@pytest.mark.parametrize("empty", [[], (), iter([])])
+def test_quantize_and_sensitivity_empty_calibration(empty):
+    quantize, sensitivity = api("quantize"), api("sensitivity")
+    m = small_cnn()
+    raises(NboptError, r"the calibration data is empty; pass at least one batch", quantize, m, empty,
+           progress=False, model=m)
+    raises(NboptError, r"the calibration data is empty; pass at least one batch", sensitivity, m, [],
+           progress=False, model=m)
+
+
+def test_quantize_bad_calibration_inputs():
+    quantize = api("quantize")
+    m = small_cnn()
+    raises(NboptError, r"calibration inputs contain NaN or Inf values; clean the data", quantize, m,
+           X * float("nan"), progress=False, model=m)
+    raises(NboptError, r"calibration batch 0 could not run through the model: .*failed on inputs \(4, 1, 5, 5\) "
+                       r"float32: RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+           quantize, m, torch.randn(4, 1, 5, 5), progress=False, model=m)
+    raises(NboptError, r"layer_bits names 'conv9', which is not a Conv/Linear layer of the model\. "
+                       r"Quantizable layers: 0, 3", quantize, m, X, layer_bits={"conv9": 4}, progress=False, model=m)
+    raises(TypeError, r"model must be a torch\.nn\.Module, got str", quantize, "m", X)
+
+
+@pytest.mark.xfail(reason="quantize accepts Inf/NaN weights silently; reported to the lead", strict=False)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_quantize_rejects_non_finite_weights(bad):
+    quantize = api("quantize")
+    m = small_cnn()
+    with torch.no_grad():
+        m[3].weight[0, 0] = bad
+    raises(NboptError, r"(NaN|Inf)", quantize, m, X, progress=False, model=m)
+
+
+@pytest.mark.xfail(reason="an empty (0-sample) calibration tensor surfaces torch's min() reduction message "
+                          "instead of 'the calibration data is empty'; reported to the lead", strict=False)
+def test_quantize_zero_sample_calibration_tensor():
+    quantize = api("quantize")
+    m = small_cnn()
+    raises(NboptError, r"the calibration data is empty", quantize, m, X[:0], progress=False, model=m)
+
+
+# ---------------------------------------------------------------- export
+@pytest.mark.parametrize("where, reason, fix", [
+    ("/nonexistent-nbopt/dir/model.onnx", r"No such file or directory \(/nonexistent-nbopt/dir\)",
+     r"create the folder first \(os\.makedirs\)"),
+    ("{file}/model.onnx", r"Not a directory \(.*a-file\)", r"choose a writable folder"),
+])
+def test_export_path_that_cannot_be_written(tmp_path, where, reason, fix):
+    export = api("export")
+    pytest.importorskip("onnx")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    path = where.format(file=blocker)
+    m = small_cnn()
+    raises(NboptError, rf"cannot write the export to .*{reason}\. Pass path= somewhere you can write; {fix}",
+           export, m, X, "onnx", path, latency=False, model=m)
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_export_unknown_format():
+    export = api("export")
+    m = small_cnn()
+    raises(NboptError, r"unknown export format 'tflite'; use one of onnx, torchscript, executorch\.",
+           export, m, X, "tflite", model=m)

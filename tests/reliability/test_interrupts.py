@@ -1,0 +1,156 @@
+"""Long-running work interrupted by the notebook's stop button (KeyboardInterrupt) leaves the original model
+intact and the kernel usable: the interrupt reaches the user as a KeyboardInterrupt (not wrapped), no hook,
+patch or dispatch mode stays behind, and the very same call succeeds afterwards.
+
+The interrupt is simulated where users' code runs: the calibration iterable, ``loss_fn`` and ``evaluate``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nbopt
+from kernel_state import Snapshot
+
+
+def api(name: str):
+    try:
+        return getattr(nbopt, name)
+    except (AttributeError, ImportError) as exc:
+        pytest.skip(f"nbopt.{name} not available yet: {exc}")
+
+
+def model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model.train()  # a model mid-training: flags must come back as they were
+    model[1].eval()
+    xs = [torch.randn(4, 1, 8, 8) for _ in range(6)]
+    ys = [torch.randint(0, 3, (4,)) for _ in range(6)]
+    return model, xs, ys
+
+
+class StopAfter:
+    """An iterable of batches that raises KeyboardInterrupt after ``n`` batches (each time it is iterated)."""
+
+    def __init__(self, batches, n: int):
+        self.batches, self.n, self.served = batches, n, 0
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if i == self.n:
+                raise KeyboardInterrupt
+            self.served += 1
+            yield b
+
+
+def stop_on_call(n: int, fn):
+    """Wrap ``fn`` so that its ``n``-th call raises KeyboardInterrupt."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def interrupted(fn, *args, **kwargs) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        fn(*args, **kwargs)
+
+
+def test_profile_interrupted_mid_forward_then_usable():
+    model, xs, _ = model_and_data()
+    snap = Snapshot.take(model)
+    bomb = {"armed": True}
+
+    def pre_hook_free_interrupt(module, args):  # raise from inside the model, as Ctrl-C would
+        if bomb["armed"]:
+            raise KeyboardInterrupt
+    handle = model[2].register_forward_pre_hook(pre_hook_free_interrupt)
+    snap_with_hook = Snapshot.take(model)
+    interrupted(nbopt.profile, model, xs[0], latency=True, warmup=1, repeat=2)
+    snap_with_hook.assert_unchanged()
+    handle.remove()
+    snap.assert_unchanged()
+    assert nbopt.profile(model, xs[0], latency=False).total_macs > 0
+
+
+def test_calibration_interrupted_then_usable():
+    quantize = api("quantize")
+    model, xs, _ = model_and_data()
+    snap = Snapshot.take(model)
+    calib = StopAfter(xs, 3)
+    interrupted(quantize, model, calib, weight_bits=8, act_bits=8, progress=False, repeat=1)
+    assert calib.served >= 3  # stopped partway through calibration, not before it began
+    snap.assert_unchanged()
+    result = quantize(model, xs, weight_bits=8, act_bits=8, progress=False, repeat=1)
+    snap.assert_unchanged()
+    assert result.fidelity["cosine"] > 0.9
+
+
+def test_sensitivity_sweep_interrupted_then_usable():
+    sensitivity = api("sensitivity")
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+
+    def accuracy(m):
+        with torch.no_grad():
+            return float(sum((m(x).argmax(1) == y).float().mean() for x, y in zip(xs, ys)) / len(xs))
+    interrupted(sensitivity, model, xs, evaluate=stop_on_call(2, accuracy), bits=(8, 4), progress=False)
+    snap.assert_unchanged()
+    table = sensitivity(model, xs, evaluate=accuracy, bits=(8, 4), progress=False)
+    snap.assert_unchanged()
+    assert len(table) == 2  # the conv and the linear layer
+
+
+def test_qat_interrupted_then_usable():
+    qat = api("qat")
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+    data = list(zip(xs, ys))
+    loss = nn.functional.cross_entropy
+    interrupted(qat, model, data, stop_on_call(3, loss), epochs=1, progress=False, weight_bits=8, act_bits=8)
+    snap.assert_unchanged()
+    stream = StopAfter(data, 2)
+    interrupted(qat, model, stream, loss, epochs=1, progress=False, weight_bits=8, act_bits=8)
+    assert stream.served >= 2
+    snap.assert_unchanged()
+    result = qat(model, data, loss, epochs=1, progress=False, weight_bits=8, act_bits=8)
+    snap.assert_unchanged()
+    assert result.model is not model
+
+
+def test_finetune_interrupted_then_usable():
+    finetune = api("finetune")
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+    rng = torch.random.get_rng_state()
+    data = list(zip(xs, ys))
+    loss = nn.functional.cross_entropy
+    interrupted(finetune, model, data, stop_on_call(2, loss), epochs=2, progress=False)
+    snap.assert_unchanged()
+    assert torch.equal(torch.random.get_rng_state(), rng), "the global RNG was left forked/reseeded"
+    tuned = finetune(model, data, loss, epochs=1, progress=False)
+    snap.assert_unchanged()
+    assert tuned is not model and not tuned.training
+
+
+def test_pruner_interrupted_during_evaluation_keeps_its_setting():
+    """A slider callback interrupted while the user's evaluate runs: the Pruner's copy keeps its setting."""
+    Pruner = api("Pruner")
+    model, xs, _ = model_and_data()
+    model.eval()
+    snap = Snapshot.take(model)
+    pruner = Pruner(model, xs[0], progress=False).set(0.5)
+    from nbopt.model_state import same_state, state_fingerprint
+    at_half = state_fingerprint(pruner.model)
+    evaluate = stop_on_call(1, lambda m: m(xs[0]).sum())
+    interrupted(evaluate, pruner.model)
+    assert same_state(pruner.model, at_half)
+    pruner.set(0.2).set(0.5)
+    assert same_state(pruner.model, at_half)
+    snap.assert_unchanged()
