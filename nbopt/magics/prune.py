@@ -52,7 +52,7 @@ class PruneMagics(Magics):
         Examples::
 
             %prune model --amount 0.5 --inputs x
-            %prune model --amount 0.3 --structured --inputs torch.randn(1, 3, 224, 224) -o small
+            %prune model --amount 0.3 --structured --inputs "torch.randn(1, 1, 8, 8)" -o small
             %prune model --threshold 0.01 --scope layer --inputs x --exclude fc --eval nbopt.demo.evaluate
         """
         opts = parse(self.prune, line)
