@@ -13,6 +13,13 @@ from ..pruning import prune
 from .common import evaluate, parse, store, usage_errors
 
 
+def _expr(text: str | None) -> str | None:
+    """An expression option without the quotes that protect its spaces (``--inputs "f(1, 2)"``)."""
+    if text and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
@@ -60,9 +67,9 @@ class PruneMagics(Magics):
             raise UsageError("give --amount A (a fraction in [0, 1)) or --threshold T; see `%prune?`")
         if opts.amount is not None and opts.threshold is not None:
             raise UsageError("give either --amount or --threshold, not both")
-        model = evaluate(self.shell, opts.model, "model")
-        inputs = evaluate(self.shell, opts.inputs, "inputs")
-        eval_fn = evaluate(self.shell, opts.eval_fn, "--eval function") if opts.eval_fn else None
+        model = evaluate(self.shell, _expr(opts.model), "model")
+        inputs = evaluate(self.shell, _expr(opts.inputs), "inputs")
+        eval_fn = evaluate(self.shell, _expr(opts.eval_fn), "--eval function") if opts.eval_fn else None
         if eval_fn is not None and not callable(eval_fn):
             raise UsageError(f"--eval {opts.eval_fn} is not callable; pass a function FN(model) -> score")
         with usage_errors():

@@ -30,6 +30,12 @@ def test_unstructured_threshold_with_exclude(ip):
     assert "fc" not in rep.index and rep["sparsity"].gt(0).all()
 
 
+def test_quoted_inputs_expression_with_spaces(ip):
+    ip.run_cell("import torch")
+    ip.run_line_magic("prune", 'model --amount 0.3 --structured --inputs "torch.randn(2, 1, 8, 8)" --no-latency -o r3')
+    assert ip.user_ns["r3"].model(ip.user_ns["x"]).shape == (2, 10)
+
+
 def test_help_is_complete(ip):
     doc = ip.find_line_magic("prune").__doc__
     for opt in ("--amount", "--threshold", "--structured", "--scope", "--inputs", "--eval", "--exclude", "-o"):
