@@ -132,3 +132,45 @@ def test_quantize_model_with_optional_keyword_argument():
 
     result = quantize(WithMask(), torch.randn(8, 4), weight_bits=8, act_bits=8, progress=False, repeat=1)
     assert result.fidelity["cosine"] > 0.99
+
+
+# ---------------------------------------------------------------- panels and deployment
+@FEWER
+@given(case=cases(max_blocks=2, family="image", keyword=False),
+       moves=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75]), min_size=2, max_size=5))
+def test_pruning_panel_slider_callbacks_slide_back_and_leave_no_trace(case, moves):
+    """Moving the slider (widget value -> debounced callback) any way and back to 0 restores the weights bit for
+    bit; the user's model and the kernel are untouched; no matplotlib figure accumulates."""
+    PruningPanel = api("PruningPanel")
+    import matplotlib.pyplot as plt
+
+    x = case.inputs()
+    snap = Snapshot.take(case.model)
+    panel = PruningPanel(case.model, x, measure_latency=False, debounce=0.0, progress=False)
+    original = state_fingerprint(panel.pruner.model)
+    figures = len(plt.get_fignums())
+    for a in moves:
+        panel.amount.value = a  # what a slider drag does
+        panel.flush()
+        assert panel.pruner.setting["amount"] == a  # the callback really ran
+    panel.amount.value = 0.0
+    panel.flush()
+    assert panel.guard.last_error is None, panel.guard.last_error
+    assert same_state(panel.pruner.model, original)
+    assert len(plt.get_fignums()) <= figures
+    snap.assert_unchanged()
+
+
+@FEWER
+@given(case=cases(max_blocks=3, family="image", keyword=False))
+def test_fuse_and_export_never_touch_the_model(case, tmp_path_factory):
+    fuse, export = api("fuse"), api("export")
+    pytest.importorskip("onnxruntime")
+    model, x = plain(case), case.inputs()
+    snap = Snapshot.take(model)
+    fused = fuse(model, x, measure=False)
+    snap.assert_unchanged()
+    assert torch.allclose(outputs(fused.model, x), outputs(model, x), rtol=1e-3, atol=1e-4)
+    result = export(model, x, "onnx", tmp_path_factory.mktemp("onnx") / "m.onnx", latency=False)
+    snap.assert_unchanged()
+    assert result.max_abs_diff < 1e-3
