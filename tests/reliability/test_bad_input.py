@@ -2,8 +2,6 @@
 the problem and the fix, with no chained torch traceback, and the model unchanged."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from IPython.core.error import UsageError
@@ -243,11 +241,9 @@ def test_prune_magic_usage_errors(ipshell, line, match):
 
 def test_every_registered_magic_rejects_unknown_options(ipshell):
     """Whatever magics have landed, an unknown option is a bare UsageError pointing at the magic's help."""
-    mods = [importlib.import_module(f"nbopt.magics{mod}") for mod, _ in
-            importlib.import_module("nbopt.magics").MAGICS if _importable(f"nbopt.magics{mod}")]
     names = [n for n in ("profile_flops", "prune", "quantize", "export")
              if n in ipshell.magics_manager.magics["line"]]
-    assert "profile_flops" in names and mods
+    assert "profile_flops" in names
     for name in names:
         with pytest.raises(UsageError) as info:
             ipshell.run_line_magic(name, "model --definitely-not-an-option 3")
@@ -255,13 +251,6 @@ def test_every_registered_magic_rejects_unknown_options(ipshell):
         assert f"see `%{name}?`" in str(info.value), (name, str(info.value))
         clean_exception(info.value)
 
-
-def _importable(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-        return True
-    except ImportError:
-        return False
 
 
 # ---------------------------------------------------------------- quantization
