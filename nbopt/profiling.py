@@ -187,14 +187,8 @@ def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTra
             with _on_meta(model):
                 model(*margs, **mkwargs)
         else:
-            call(model, _as_inputs(margs, mkwargs))
+            call(model, mkwargs or margs)  # as_args gives one of the two, never both
     return counter
-
-
-def _as_inputs(args: tuple, kwargs: dict) -> Any:
-    if kwargs and args:
-        raise NboptError("pass either positional inputs (tuple) or keyword inputs (dict), not both")
-    return kwargs if kwargs else args
 
 
 def _count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
@@ -334,7 +328,7 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
         own_macs = own_flops = None
     total_ms, per_module = None, None
     if latency:
-        run = lambda: call(model, _as_inputs(args, kwargs))  # noqa: E731 - a failure is a ForwardError too
+        run = lambda: call(model, inputs)  # noqa: E731 - a failure is a ForwardError too
         with preserved(model, eval_mode=True):
             total_ms, per_module = _latency(run, names, warmup, repeat, model_device(model))
     table = build_table(names, tracker, own_macs, own_flops, per_module)
@@ -381,14 +375,10 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
             for module, a, kw in calls:
                 module(*a, **kw)
 
-        flags_ctx = [preserved(m, eval_mode=True) for m, _ in roots]
-        for ctx in flags_ctx:
-            ctx.__enter__()
-        try:
+        with contextlib.ExitStack() as stack:
+            for m, _ in roots:
+                stack.enter_context(preserved(m, eval_mode=True))
             total_ms, per_module = _latency(replay, names, warmup, repeat, model_device(roots[0][0]))
-        finally:
-            for ctx in reversed(flags_ctx):
-                ctx.__exit__(None, None, None)
     table = build_table(names, tracker, latencies=per_module)
     prof = Profile(table=table, total_macs=int(table["macs"].sum()), total_flops=int(table["flops"].sum()),
                    total_params=int(table["params"].sum()), latency_ms=total_ms, uncounted=dict(counter.uncounted),
@@ -416,17 +406,11 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
     df = pd.DataFrame.from_dict(rows, orient="index")
     if latency:
         args, kwargs = as_args(inputs)
-        fns = {}
-        ctxs = [preserved(m, eval_mode=True) for m in models.values()]
-        for ctx in ctxs:
-            ctx.__enter__()
-        try:
-            for name, m in models.items():
-                fns[name] = (lambda mm: (lambda: mm(*args, **kwargs)))(m)
+        fns = {name: (lambda mm: (lambda: mm(*args, **kwargs)))(m) for name, m in models.items()}
+        with contextlib.ExitStack() as stack:
+            for m in models.values():
+                stack.enter_context(preserved(m, eval_mode=True))
             timings = timing.compare(fns, warmup=warmup, repeat=repeat)
-        finally:
-            for ctx in reversed(ctxs):
-                ctx.__exit__(None, None, None)
         df["latency_ms"] = [timings[n].median_ms for n in df.index]
     first = df.iloc[0]
     for col in [c for c in ("params", "macs", "flops", "latency_ms", "size_bytes") if c in df]:

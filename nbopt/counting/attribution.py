@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
+from ..inputs import tensors_in
+
 OUTSIDE = "(outside modules)"
 
 
@@ -34,12 +36,10 @@ class ModuleStats:
 
 
 def _shapes(obj: Any) -> list:
-    from ..inputs import tensors_in
     return [tuple(t.shape) for t in tensors_in(obj)]
 
 
 def _bytes(obj: Any) -> int:
-    from ..inputs import tensors_in
     return sum(t.numel() * t.element_size() for t in tensors_in(obj))
 
 
