@@ -128,3 +128,23 @@ def test_prune_summary_shows_smaller_model(demo_model, untouched):
     assert s.loc["params", "ratio"] > 2 and s.loc["macs", "ratio"] > 2 and s.loc["size_bytes", "ratio"] > 2
     assert s.loc["latency_ms", "before"] > 0 and s.loc["latency_ms", "after"] > 0
     guard.check()
+
+
+def test_incremental_settings_equal_a_fresh_pruner(demo_model):
+    """Any walk of settings (structured and not, layer and global) leaves the weights a fresh Pruner gives."""
+    x = demo.example_input(2)
+    walker = Pruner(demo_model, x, progress=False)
+    original = state_fingerprint(walker.model)
+    walk = [dict(amount=0.3, structured=True, scope="layer"), dict(amount=0.6, structured=True, scope="layer"),
+            dict(amount=0.2, structured=True), dict(amount=0.7), dict(amount=0.4, structured=True),
+            dict(amount=0.5, scope="layer"), dict(amount=0.1), dict(amount=0.55, structured=True),
+            dict(amount=0.05, structured=True, scope="layer")]
+    for setting in walk:
+        walker.set(**setting)
+        fresh = Pruner(demo_model, x, progress=False).set(**setting)
+        assert same_state(walker.model, state_fingerprint(fresh.model)), setting
+        assert walker.report.equals(fresh.report), setting
+    walker.set(amount=0.0, structured=True)
+    assert same_state(walker.model, original)
+    walker.set(amount=0.6, structured=True).set(amount=0.0)
+    assert same_state(walker.model, original)

@@ -24,7 +24,7 @@ class LayerMask:
     module: nn.Module
     original: torch.Tensor
     sorted_abs: torch.Tensor
-    order: torch.Tensor  # flat element indices by ascending magnitude (stable), int32
+    order: torch.Tensor  # flat element indices by ascending magnitude (stable), int64 as index ops need
     k: int = 0
     _rank: torch.Tensor | None = field(default=None, repr=False)
 
@@ -37,7 +37,7 @@ class LayerMask:
         """Position of every element in the magnitude order (for non-contiguous weights; built on first use)."""
         if self._rank is None:
             rank = torch.empty(self.numel, dtype=torch.int32)
-            rank[self.order.long()] = torch.arange(self.numel, dtype=torch.int32)
+            rank[self.order] = torch.arange(self.numel, dtype=torch.int32)
             self._rank = rank.view_as(self.original)
         return self._rank
 
@@ -49,21 +49,23 @@ class LayerMask:
     def apply(self, k: int) -> None:
         """Zero the ``k`` smallest-magnitude weights (k = 0 restores the original bit for bit).
 
-        Only the weights between the previous and the new cut are touched, so small slider steps are cheap.
+        Only the weights between the previous and the new cut are touched (or, going a long way back, one
+        sequential copy of the original), so small slider steps are cheap.
         """
         k, w = int(k), self.module.weight.data
         if k == self.k:
             return
-        if not w.is_contiguous():
+        flat = w.view(-1) if w.is_contiguous() else None
+        if flat is None:
             torch.mul(self.original, self.rank >= k, out=w)
-        elif self.k < 0 or abs(k - self.k) > k:  # unknown state or a long way: rewrite from the original
-            w.copy_(self.original)
-            w.view(-1).index_fill_(0, self.order[:k].long(), 0)
         elif k > self.k:
-            w.view(-1).index_fill_(0, self.order[self.k:k].long(), 0)
+            flat.index_fill_(0, self.order[self.k:k], 0)
+        elif 2 * (self.k - k) > k + self.numel // 8:  # a long way back: one sequential copy is cheaper
+            flat.copy_(self.original.view(-1))
+            flat.index_fill_(0, self.order[:k], 0)
         else:
-            idx = self.order[k:self.k].long()
-            w.view(-1).index_copy_(0, idx, self.original.view(-1).index_select(0, idx))
+            idx = self.order[k:self.k]
+            flat.index_copy_(0, idx, self.original.view(-1).index_select(0, idx))
         self.k = k
 
 
@@ -120,7 +122,7 @@ def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[st
         original = m.weight.detach().clone(memory_format=torch.contiguous_format)
         mags = original.abs().flatten().float()
         order = torch.argsort(mags, stable=True)
-        masks[name] = LayerMask(name, m, original, mags[order], order.to(torch.int32))
+        masks[name] = LayerMask(name, m, original, mags[order], order)
     return masks
 
 

@@ -1,8 +1,9 @@
 """``Pruner``: prepare once, then move between pruning settings quickly and reversibly."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -12,6 +13,7 @@ from ..errors import NboptError
 from ..inputs import call, check_device, check_finite, check_module
 from ..model_state import preserved, working_copy
 from . import structured as S
+from .preview import ChannelPreview, removed_slices
 from .masks import LayerMask, build_masks, check_names, global_counts, prunable_layers
 
 SCOPES = ("global", "layer")
@@ -49,9 +51,8 @@ class Pruner:
         self._all_sorted = torch.cat([m.sorted_abs for m in self._masks.values()]).sort().values
         self._groups: list[S.ChannelGroup] | None = None
         self.blocked: list[S.Blocked] = []
-        self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._preview = ChannelPreview({id(m.module.weight): m.original for m in self._masks.values()})
         self._kept: dict[str, int] = {}
-        self._removed: dict[tuple[nn.Module, int], int] = {}
         self._dense_macs: dict[str, float] | None = None
         self.structured = False
         self.setting: dict[str, Any] = {"amount": 0.0, "threshold": None, "scope": "global", "structured": False}
@@ -73,24 +74,26 @@ class Pruner:
         """
         amount, overrides = self._check_setting(amount, threshold, scope, overrides)
         if structured:
+            self._prepare_structured()  # traces once, with all threads
+        with one_thread():
+            self._apply(amount, threshold, scope, structured, overrides)
+        self.setting = {"amount": amount, "threshold": threshold, "scope": scope, "structured": structured,
+                        "overrides": dict(overrides)}
+        return self
+
+    def _apply(self, amount: float | None, threshold: float | None, scope: str, structured: bool,
+               overrides: dict[str, float]) -> None:
+        if structured:
             kept = self._plan_structured(amount, threshold, scope, overrides)
-            self._restore()
-            removed: dict[tuple[nn.Module, int], torch.Tensor] = {}
-            for g in self._groups or []:
-                for key, idx in S.zero_channels(g, kept[g.root]).items():
-                    removed[key] = torch.cat([removed[key], idx]).unique() if key in removed else idx
-            self._removed = {key: len(idx) for key, idx in removed.items()}
-            self._kept, self.structured = kept, True
             for m in self._masks.values():
-                m.k = -1  # weights no longer match a magnitude mask; the next apply rewrites them
+                m.apply(0)  # only restores what the previous unstructured setting zeroed
+            self._preview.update(removed_slices(self._groups or [], kept))
+            self._kept, self.structured = kept, True
         else:
             counts = self._plan_unstructured(amount, threshold, scope, overrides)
             self._restore()
             for name, k in counts.items():
                 self._masks[name].apply(k)
-        self.setting = {"amount": amount, "threshold": threshold, "scope": scope, "structured": structured,
-                        "overrides": dict(overrides)}
-        return self
 
     def reset(self) -> "Pruner":
         """Back to the original weights, bit for bit."""
@@ -170,9 +173,7 @@ class Pruner:
     def _prepare_structured(self) -> list[S.ChannelGroup]:
         """Trace the dependency groups and score channels once (on the original weights)."""
         if self._groups is None:
-            self._restore()
-            for m in self._masks.values():
-                m.apply(0)
+            self.reset()
             with preserved(self.model, eval_mode=True):
                 groups, blocked = S.build_groups(self.model, self.example_inputs, set(self._masks), self.criterion)
             explicit = [b for b in blocked if self._explicit_layers and b.root in self._explicit_layers]
@@ -184,23 +185,14 @@ class Pruner:
             if not groups:
                 raise NboptError("no layer can be pruned structurally (every channel group reaches the output or "
                                  "an unsupported layer); prune unstructured (structured=False) instead.")
-            for g in groups:
-                for mem in g.members:
-                    for t in (mem.module.weight, getattr(mem.module, "bias", None)):
-                        if t is not None and id(t) not in self._saved:
-                            self._saved[id(t)] = (t, t.detach().clone())
             self._groups, self.blocked = groups, blocked
         return self._groups
 
     def _restore(self) -> None:
-        """Undo a structured preview (copy every touched tensor back from its saved original)."""
+        """Undo a structured preview (restores only the zeroed channel slices)."""
         if self.structured:
-            with torch.no_grad():
-                for t, orig in self._saved.values():
-                    t.data.copy_(orig)
-            for m in self._masks.values():
-                m.k = 0
-            self._kept, self._removed, self.structured = {}, {}, False
+            self._preview.update({})
+            self._kept, self.structured = {}, False
 
     # ------------------------------------------------------------------ results
     @property
@@ -213,6 +205,7 @@ class Pruner:
     def report(self) -> pd.DataFrame:
         """One row per prunable layer: sparsity, params before/after, dense and effective MACs, channels."""
         macs = self.dense_macs()
+        removed = self._preview.counts
         rows = []
         for name, m in self._masks.items():
             w = m.module.weight
@@ -220,8 +213,8 @@ class Pruner:
             nb = 0 if bias is None else bias.numel()
             if self.structured:  # from the plan, not from zeros: trained or zero-initialised weights may hold zeros
                 n_out, n_in = w.shape[0], w.shape[1]
-                kept = n_out - self._removed.get((m.module, 0), 0)
-                nz = round(m.numel * kept / n_out * (n_in - self._removed.get((m.module, 1), 0)) / n_in)
+                kept = n_out - removed.get((m.module, 0), 0)
+                nz = round(m.numel * kept / n_out * (n_in - removed.get((m.module, 1), 0)) / n_in)
                 nzb = 0 if bias is None else kept
             else:
                 nz, nzb, kept = m.numel - max(m.k, 0), nb, out_channels(m.module)
@@ -260,6 +253,17 @@ class Pruner:
         what = f"threshold={s['threshold']}" if s["threshold"] is not None else f"amount={s['amount']}"
         return (f"Pruner({type(self.original).__name__}, {len(self._masks)} layers, {what}, scope={s['scope']}, "
                 f"structured={s['structured']})")
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run small memory-bound tensor ops on one thread: with busy cores, every two-thread op waits a time slice."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_amount(amount: Any, what: str = "amount") -> None:

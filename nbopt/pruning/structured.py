@@ -3,8 +3,8 @@
 A *group* is a root layer's output channels plus every tensor slice that must shrink with them
 (BatchNorm, the convolutions summed with it in a residual add, concat slices, depthwise convs, the
 next layer's input columns, the Linear after a flatten). Channel importance is scored once per
-group; a setting zeroes the chosen channels in every member (a reversible preview), and
-:func:`remove_channels` physically removes the same channels from a fresh copy.
+group; a setting zeroes the chosen channels in every member (a reversible preview, see ``preview.py``),
+and :func:`remove_channels` physically removes the same channels from a fresh copy.
 """
 from __future__ import annotations
 
@@ -194,32 +194,6 @@ def plan(groups: list[ChannelGroup], *, amount: float | None, threshold: float |
 def pruned_indices(group: ChannelGroup, kept: int) -> torch.Tensor:
     """Root channel indices removed when ``kept`` channels stay (the least important ones)."""
     return group.order[: group.channels - kept].sort().values
-
-
-def zero_channels(group: ChannelGroup, kept: int) -> dict[tuple[nn.Module, int], torch.Tensor]:
-    """Zero the removed channels in every member (weights, biases, BatchNorm affine): a reversible preview.
-
-    Returns the removed weight indices per ``(module, dim)`` (dim 0: output rows, 1: input columns).
-    """
-    removed = pruned_indices(group, kept)
-    cut: dict[tuple[nn.Module, int], torch.Tensor] = {}
-    if len(removed) == 0:
-        return cut
-    flag = torch.zeros(group.channels, dtype=torch.bool)
-    flag[removed] = True
-    with torch.no_grad():
-        for mem in group.members:
-            idx = mem.idx[flag[mem.root]]
-            m = mem.module
-            if mem.out or isinstance(m, _BN):
-                m.weight.data.index_fill_(0, idx, 0)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.data.index_fill_(0, idx, 0)
-                cut[(m, 0)] = idx
-            elif isinstance(m, nn.Linear) or (isinstance(m, _CONV) and m.groups == 1):
-                m.weight.data.index_fill_(1, idx, 0)
-                cut[(m, 1)] = idx
-    return cut
 
 
 def remove_channels(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup],
