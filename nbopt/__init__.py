@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "sensitivity": ".quantization",
     "mixed_precision": ".quantization",
     "qat": ".quantization",
+    "QuantTuner": ".quantization.tuner",
     "ProfilePanel": ".panels",
     "PruningPanel": ".panels",
     "QuantizationPanel": ".panels",

@@ -1,6 +1,8 @@
-"""``QuantizationPanel``: bit-width sliders over :func:`nbopt.quantize` with live fidelity, accuracy and size.
+"""``QuantizationPanel``: bit-width sliders over a :class:`~nbopt.quantization.tuner.QuantTuner` with live
+fidelity, accuracy and size.
 
-Front-end only: every number shown comes from ``nbopt.quantize`` (simulated any-bit, or real int8),
+Front-end only: every number shown comes from the tuner (the numbers of ``nbopt.quantize(mode="simulate")``
+without re-preparing the model on each change), ``nbopt.quantize(mode="int8")``,
 ``nbopt.sensitivity``/``nbopt.mixed_precision`` or the user's ``evaluate``. The model is never modified
 (the core quantizes copies).
 """
@@ -24,12 +26,12 @@ SENS_FORMATS = {}
 
 
 class QuantizationPanel:
-    """Quantize interactively: sliders -> ``nbopt.quantize(mode="simulate")`` -> accuracy, fidelity, size.
+    """Quantize interactively: sliders -> ``QuantTuner.set`` (= ``nbopt.quantize(mode="simulate")``) -> readouts.
 
     >>> panel = nbopt.QuantizationPanel(model, demo.calibration_data(), evaluate=demo.evaluate)
     >>> panel                                  # in a notebook: the widgets
     >>> panel.set(weight_bits=4, act_bits=8)   # what moving the sliders does (one update)
-    >>> panel.result                           # the QuantResult behind the readouts
+    >>> panel.result                           # the TuneResult behind the readouts; panel.tuner.model
     >>> panel.measure_sensitivity(); panel.set_layer_bits("fc", 8)
     >>> panel.build_int8()                     # real int8 model + measured speedup -> panel.int8
     """
@@ -37,7 +39,7 @@ class QuantizationPanel:
     def __init__(self, model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], float] | None = None, *,
                  weight_bits: int = 8, act_bits: int | None = 8, granularity: str = "per_channel",
                  symmetric: bool = True, sensitivity: pd.DataFrame | None = None, int8_backend: str = "auto",
-                 repeat: int = 3, debounce: float = DEFAULT_DEBOUNCE_S) -> None:
+                 debounce: float = DEFAULT_DEBOUNCE_S) -> None:
         check_module(model)
         if calib is None:
             raise NboptError("QuantizationPanel needs calibration data (a tensor, DataLoader or list of batches), "
@@ -45,13 +47,15 @@ class QuantizationPanel:
         if evaluate is not None and not callable(evaluate):
             raise TypeError("evaluate must be a function model -> accuracy (e.g. nbopt.demo.evaluate), "
                             f"got {type(evaluate).__name__}")
+        from ..quantization.tuner import QuantTuner
+
         self.model, self.calib, self.evaluate = model, calib, evaluate
-        self.int8_backend, self.repeat = int8_backend, repeat
+        self.int8_backend = int8_backend
+        self.tuner = QuantTuner(model, calib, evaluate=evaluate)  # prepares once; each change re-quantizes
         self.result: Any = None
         self.int8: Any = None
         self.sensitivity: pd.DataFrame | None = sensitivity
         self.layer_bits: dict[str, int] = {}
-        self._cache: dict[str, Any] = {}
 
         style = {"description_width": "110px"}
         wide = lambda: widgets.Layout(width="420px")  # noqa: E731 - one Layout per widget
@@ -155,16 +159,9 @@ class QuantizationPanel:
 
     # ------------------------------------------------------------------ core calls
     def update(self) -> None:
-        """Quantize (simulated) with the current options and re-render the readouts and per-layer table."""
-        from ..quantization import quantize
-
-        opts = self.options()
+        """Re-quantize (simulated) with the current options and re-render the readouts and per-layer table."""
         self.act_bits.disabled = self.act_float.value
-        key = repr(sorted(opts.items()))
-        if key not in self._cache:
-            self._cache[key] = quantize(self.model, self.calib, mode="simulate", evaluate=self.evaluate,
-                                        progress=False, repeat=self.repeat, **opts)
-        self.result = self._cache[key]
+        self.result = self.tuner.set(**self.options())
         self._render()
 
     def _render(self) -> None:

@@ -1,7 +1,9 @@
-"""QuantizationPanel: readouts equal nbopt.quantize's numbers; overrides come from the sensitivity table."""
+"""QuantizationPanel: readouts equal nbopt.quantize's numbers (through QuantTuner); overrides come from the
+sensitivity table."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import nbopt
 from nbopt import demo
@@ -22,7 +24,7 @@ def calib():
 
 @pytest.fixture(scope="module")
 def panel(model, calib):
-    return nbopt.QuantizationPanel(model, calib, evaluate=demo.evaluate, debounce=0, repeat=1)
+    return nbopt.QuantizationPanel(model, calib, evaluate=demo.evaluate, debounce=0)
 
 
 def test_exported(panel):
@@ -36,8 +38,10 @@ def test_bit_slider_readouts_equal_core(panel, model, calib):
     direct = nbopt.quantize(model, calib, weight_bits=3, act_bits=8, granularity="per_channel", symmetric=True,
                             evaluate=demo.evaluate, progress=False, repeat=1)
     assert panel.result.accuracy == direct.accuracy
-    assert panel.result.fidelity == pytest.approx(direct.fidelity)
+    assert panel.result.fidelity == direct.fidelity
     assert panel.result.size_bytes == direct.size_bytes
+    x = demo.digits_split()[2]
+    assert torch.equal(panel.tuner.model(x), direct.model(x))  # the model behind the readouts is quantize's
     assert f"accuracy <b>{100 * direct.accuracy['quantized']:.2f}%</b>" in panel.readout.value
     assert f"sqnr_db <b>{direct.fidelity['sqnr_db']:.4g}</b>" in panel.readout.value
     assert list(panel.result.report["weight_bits"].unique()) == [3]
@@ -71,7 +75,7 @@ def test_sensitivity_drives_layer_overrides(panel, model, calib):
 
 def test_errors_shown_in_panel_and_model_untouched(model, calib):
     fp = state_fingerprint(model)
-    panel = nbopt.QuantizationPanel(model, calib, debounce=0, repeat=1)
+    panel = nbopt.QuantizationPanel(model, calib, debounce=0)
     panel.layer_bits = {"no_such_layer": 4}
     panel.weight_bits.value = 6  # callback: the core rejects the name; the panel shows it
     assert "no_such_layer" in panel.status.value
@@ -90,7 +94,7 @@ def test_needs_calibration_data(model):
 
 
 def test_int8_button_shows_measured_speedup(model, calib):
-    panel = nbopt.QuantizationPanel(model, calib, debounce=0, repeat=1, int8_backend="onnxruntime")
+    panel = nbopt.QuantizationPanel(model, calib, debounce=0, int8_backend="onnxruntime")
     panel.int8_button.click()
     assert panel.int8 is not None and panel.int8.real
     assert f"{panel.int8.speedup:.2f}x" in panel.int8_html.value

@@ -1,0 +1,91 @@
+"""QuantTuner: after set(**opts) its model computes exactly what nbopt.quantize(mode="simulate", **opts) gives."""
+from __future__ import annotations
+
+import pytest
+import torch
+from pandas.testing import assert_frame_equal
+
+import nbopt
+from nbopt import demo
+from nbopt.model_state import same_state, state_fingerprint
+from nbopt.quantization.tuner import QuantTuner
+
+SETTINGS = [
+    dict(weight_bits=8, act_bits=8),
+    dict(weight_bits=3, act_bits=8),
+    dict(weight_bits=4, act_bits=None, granularity="per_tensor", symmetric=False),
+    dict(weight_bits=6, act_bits=4, granularity="per_tensor"),
+    dict(weight_bits=8, act_bits=6, layer_bits={"fc": 2, "stem.0": 3}),
+    dict(weight_bits=3, act_bits=8),  # back to a cached setting
+    dict(weight_bits=16, act_bits=16, symmetric=False),
+]
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return demo.calibration_data(n=128)
+
+
+@pytest.fixture(scope="module")
+def model(demo_model):
+    return demo_model  # conftest's trained demo CNN
+
+
+@pytest.fixture(scope="module")
+def tuner(model, calib):
+    return QuantTuner(model, calib, evaluate=demo.evaluate)
+
+
+def _outputs(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return m(x)
+
+
+@pytest.mark.parametrize("opts", SETTINGS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_same_outputs_and_numbers_as_quantize(tuner, model, calib, opts):
+    got = tuner.set(**opts)
+    direct = nbopt.quantize(model, calib, mode="simulate", evaluate=demo.evaluate, progress=False, repeat=1, **opts)
+    x = demo.digits_split()[2]
+    assert torch.equal(_outputs(tuner.model, x), _outputs(direct.model, x))
+    assert got.accuracy == direct.accuracy
+    assert got.fidelity == direct.fidelity
+    assert got.size_bytes == direct.size_bytes
+    assert got.options == direct.options
+    assert_frame_equal(got.report, direct.report)
+
+
+@pytest.mark.parametrize("observer", ["mse", "percentile"])
+def test_other_observers_match_quantize(model, calib, observer):
+    tuner = QuantTuner(model, calib, observer=observer)
+    x = demo.digits_split()[2][:64]
+    for opts in (dict(weight_bits=4, act_bits=4), dict(weight_bits=4, act_bits=8), dict(weight_bits=8, act_bits=4)):
+        tuner.set(**opts)
+        direct = nbopt.quantize(model, calib, observer=observer, progress=False, repeat=1, **opts)
+        assert torch.equal(_outputs(tuner.model, x), _outputs(direct.model, x)), opts
+
+
+def test_calibrates_once_per_weight_setting(model, calib, monkeypatch):
+    from nbopt.quantization import tuner as tuner_module
+
+    tuner = QuantTuner(model, calib)
+    calls = []
+    real = tuner_module.run_batches
+    monkeypatch.setattr(tuner_module, "run_batches", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    tuner.set(weight_bits=4, act_bits=8)
+    tuner.set(weight_bits=4, act_bits=6)  # same weights: observations reused
+    tuner.set(weight_bits=4, act_bits=8)
+    assert calls.count("calibrating activations") == 1 and calls.count("quantized outputs") == 3
+
+
+def test_model_untouched_and_bad_input(model, calib):
+    fp = state_fingerprint(model)
+    tuner = QuantTuner(model, calib)
+    tuner.set(weight_bits=2, act_bits=2)
+    assert same_state(model, fp)
+    with pytest.raises(nbopt.NboptError, match="layer_bits names 'nope'"):
+        tuner.set(layer_bits={"nope": 4})
+    with pytest.raises(nbopt.NboptError, match="weight_bits=1"):
+        tuner.set(weight_bits=1)
+    with pytest.raises(nbopt.NboptError, match="calibration data"):
+        QuantTuner(model, None)
+    assert tuner.set().accuracy is None
