@@ -82,25 +82,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-resnet50", action="store_true")
+    ap.add_argument("--skip-quantization", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: leave it)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    q = quantization_demo(args.repeat)
-    print(f"QuantizationPanel, demo model, bit-width change (re-quantize + accuracy on {q['held_out_images']} "
-          f"held-out images): median {q['change_ms']:.0f} ms, max {q['change_max_ms']:.0f} ms over {q['changes']} "
-          f"changes (goal < 500 ms) | same options through a full nbopt.quantize(evaluate=...): median "
-          f"{q['full_ms']:.0f} ms, max {q['full_max_ms']:.0f} ms | one evaluate() {q['one_evaluate_ms']:.0f} ms; "
-          f"panel setup {q['setup_s']:.1f} s")
+    if not args.skip_quantization:
+        q = quantization_demo(args.repeat)
+        print(f"QuantizationPanel, demo model, bit-width change (re-quantize + accuracy on {q['held_out_images']} "
+              f"held-out images): median {q['change_ms']:.0f} ms, max {q['change_max_ms']:.0f} ms over "
+              f"{q['changes']} changes (goal < 500 ms) | same options through a full "
+              f"nbopt.quantize(evaluate=...): median {q['full_ms']:.0f} ms, max {q['full_max_ms']:.0f} ms | "
+              f"one evaluate() {q['one_evaluate_ms']:.0f} ms; panel setup {q['setup_s']:.1f} s")
     if not args.skip_resnet50:
         p = pruning_resnet50(args.repeat)
         print(f"PruningPanel, resnet50, slider change without evaluation (Pruner.set + report + table/totals "
               f"render): median {p['change_ms']:.0f} ms, max {p['change_max_ms']:.0f} ms over {p['changes']} "
               f"changes (goal < 150 ms); core alone: set {p['core_set_ms']:.0f} ms + report "
               f"{p['core_report_ms']:.0f} ms; panel setup {p['setup_s']:.1f} s")
-
 
 if __name__ == "__main__":
     main()

@@ -140,14 +140,30 @@ def figure_widget() -> widgets.Image:
     return widgets.Image(format="png", layout=widgets.Layout(max_width="560px")).add_class("nbopt-plot")
 
 
+def _cell(value: Any) -> str:
+    """Default display of a cell without a formatter: blank for missing, 6 significant digits for floats."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def table_html(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None,
                css_class: str = "nbopt-table") -> str:
-    """HTML for a display copy of ``df`` with per-column formatters (values themselves untouched)."""
-    shown = df.copy()
-    for col, fmt in (formats or {}).items():
-        if col in shown.columns:
-            shown[col] = shown[col].map(fmt)
-    return f"<div class='{css_class}' style='max-height:420px;overflow:auto'>{shown.to_html(escape=True)}</div>"
+    """HTML table of ``df`` with per-column formatters, built directly (a slider re-renders it on every change).
+
+    Same layout as ``DataFrame.to_html``: a header row led by the index name, one ``<th>`` index cell per row.
+    """
+    formats = formats or {}
+    cols = list(df.columns)
+    fmts = [formats.get(c, _cell) for c in cols]
+    values = [df[c].tolist() for c in cols]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [df.index.name or ""] + cols)
+    body = "".join(
+        f"<tr><th>{html.escape(str(label))}</th>"
+        + "".join(f"<td>{html.escape(fmt(vals[i]))}</td>" for fmt, vals in zip(fmts, values)) + "</tr>"
+        for i, label in enumerate(df.index))
+    return (f"<div class='{css_class}' style='max-height:420px;overflow:auto'><table border=\"1\" class=\"dataframe\">"
+            f"<thead><tr style=\"text-align: right;\">{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def percent(value: Any) -> str:
