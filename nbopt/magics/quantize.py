@@ -6,13 +6,32 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from ..quantization import quantize
+from ..quantization import quantize, sensitivity
 from .common import evaluate, parse, store, usage_errors
 
 
 def _bits(text: str) -> int | None:
     """--act-bits accepts 'none'/'float' for float activations."""
     return None if text.lower() in ("none", "float", "fp32") else int(text)
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    """--sensitivity 8,6,4"""
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise UsageError(f"--sensitivity {text!r} must be comma-separated bit widths, e.g. 8,6,4") from None
+
+
+def _show_sensitivity(df) -> None:
+    import matplotlib.pyplot as plt
+
+    from ..plots.quantization import plot_sensitivity
+
+    display(df)
+    fig = plot_sensitivity(df)
+    display(fig)
+    plt.close(fig)
 
 
 @magics_class
@@ -37,7 +56,11 @@ class QuantizeMagics(Magics):
               help="int8 backend; auto measures both on your input and keeps the faster")
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> accuracy, measured before and after")
-    @argument("-o", "--output", default=None, metavar="NAME", help="store the QuantResult in variable NAME")
+    @argument("--sensitivity", default=None, metavar="BITS",
+              help="instead of quantizing: each layer's weights quantized alone at bit widths BITS (e.g. 8,6,4); "
+                   "shows the metric drop per layer as a table and heatmap (needs --calib)")
+    @argument("-o", "--output", default=None, metavar="NAME",
+              help="store the QuantResult (the sensitivity DataFrame with --sensitivity) in variable NAME")
     @line_magic
     def quantize(self, line: str = "") -> None:
         """Quantize a copy of MODEL; show the per-layer report and a before/after summary.
@@ -52,6 +75,10 @@ class QuantizeMagics(Magics):
             %quantize model --calib calib_batches --bits 8 --eval nbopt.demo.evaluate
             %quantize model --calib x --bits 4 --act-bits none --observer mse -o q4
             %quantize model --calib loader --mode int8 --backend auto -o q8
+            %quantize model --calib x --sensitivity 8,6,4 -o sens
+
+        Interrupting (stop button) leaves the model untouched; an interrupted --sensitivity sweep shows the
+        layers it finished, marked partial.
         """
         opts = parse(self.quantize, line)
         model = evaluate(self.shell, opts.model, "model")
@@ -59,6 +86,15 @@ class QuantizeMagics(Magics):
         eval_fn = evaluate(self.shell, opts.eval_fn, "--eval function") if opts.eval_fn else None
         if eval_fn is not None and not callable(eval_fn):
             raise UsageError(f"--eval {opts.eval_fn} is not callable; pass a function FN(model) -> accuracy")
+        if opts.sensitivity:
+            bits = _bit_list(opts.sensitivity)
+            with usage_errors():
+                df = sensitivity(model, calib, evaluate=eval_fn, bits=bits, observer=opts.observer,
+                                 granularity="per_tensor" if opts.per_tensor else "per_channel",
+                                 symmetric=not opts.asymmetric)
+            _show_sensitivity(df)
+            store(self.shell, opts.output, df)
+            return
         with usage_errors():
             result = quantize(model, calib, weight_bits=opts.bits, act_bits=opts.act_bits,
                               granularity="per_tensor" if opts.per_tensor else "per_channel",

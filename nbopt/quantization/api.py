@@ -12,7 +12,8 @@ from ..timing import compare
 from .calibration import first_input, run_batches
 from .int8 import BUILDERS, Int8Program
 from .metrics import fidelity
-from .options import BACKENDS, MODES, QuantOptions, check_choice, check_layer_names, quantizable_layers
+from .options import (BACKENDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names,
+                      quantizable_layers)
 from .report import layer_report
 from .result import QuantResult
 from .simulate import attach, calibrate, fold_batchnorm, weight_qparams
@@ -37,6 +38,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     check_choice(mode, MODES, "mode")
     check_choice(backend, BACKENDS, "backend")
     check_layer_names(model, opts.layer_bits)
+    check_finite_weights(model)
     _check_mode(mode, opts, calib)
     example = first_input(calib) if calib is not None else None
     if example is not None:

@@ -11,15 +11,26 @@ from ..errors import ForwardError, NboptError
 from ..inputs import batch_inputs, batches, call, describe_shapes, tensors_in
 
 
+EMPTY_CALIBRATION = ("the calibration data is empty; pass at least one batch with samples (e.g. a tensor of "
+                     "inputs); batches of 0 samples do not count.")
+
+
+def batch_samples(inputs: Any) -> int | None:
+    """Samples in one batch (first dimension of its first tensor; None when it has no batch dimension)."""
+    return next((t.shape[0] for t in tensors_in(inputs) if t.dim() > 0), None)
+
+
 def _shapes(inputs: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape[1:]) for t in tensors_in(inputs)]
 
 
 def calibration_inputs(calib: Any) -> Iterator[Any]:
-    """Model inputs of every calibration batch; all must share their non-batch dimensions."""
+    """Model inputs of every calibration batch (batches of 0 samples skipped); all share non-batch dimensions."""
     first = None
     for i, batch in enumerate(batches(calib)):
         x = batch_inputs(batch)
+        if batch_samples(x) == 0:
+            continue
         if first is None:
             first = (_shapes(x), describe_shapes(x))
         elif _shapes(x) != first[0]:
@@ -33,7 +44,7 @@ def first_input(calib: Any) -> Any:
     """The first calibration batch's inputs (the example for export and timing)."""
     for x in calibration_inputs(calib):
         return x
-    raise NboptError("the calibration data is empty; pass at least one batch (e.g. a tensor of inputs).")
+    raise NboptError(EMPTY_CALIBRATION)
 
 
 def run_batches(model: nn.Module, calib: Any, *, progress: bool = True, desc: str = "calibrating",
@@ -49,5 +60,5 @@ def run_batches(model: nn.Module, calib: Any, *, progress: bool = True, desc: st
             except ForwardError as exc:
                 raise NboptError(f"calibration batch {i} could not run through the model: {exc}") from None
     if not outs:
-        raise NboptError("the calibration data is empty; pass at least one batch (e.g. a tensor of inputs).")
+        raise NboptError(EMPTY_CALIBRATION)
     return outs

@@ -5,6 +5,7 @@ import difflib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+import torch
 from torch import nn
 
 from ..errors import NboptError
@@ -74,3 +75,17 @@ def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: s
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else \
                 f" Quantizable layers: {', '.join(list(layers)[:8])}{' ...' if len(layers) > 8 else ''}."
             raise NboptError(f"{what} names {name!r}, which is not a Conv/Linear layer of the model.{hint}")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise naming the first parameter or buffer that holds NaN or Inf (scales would be meaningless)."""
+    tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()]
+    for name, t in tensors:
+        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise NboptError(
+            f"{name!r} holds {kind} values ({bad} of {t.numel()}), so no quantization scale can represent it. "
+            "Fix the model first: reload a good checkpoint or find where training diverged "
+            f"(check torch.isfinite(model.state_dict()[{name!r}]).all()).")

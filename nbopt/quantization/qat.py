@@ -11,7 +11,7 @@ from ..errors import NboptError
 from ..inputs import check_module
 from ..model_state import working_copy
 from .api import quantize
-from .options import QuantOptions, check_layer_names
+from .options import QuantOptions, check_finite_weights, check_layer_names
 from .simulate import act_quantizers, attach, bake, calibrate, fold_batchnorm
 
 
@@ -41,6 +41,7 @@ def qat(model: nn.Module, train_data: Any, loss_fn: Callable[[torch.Tensor, torc
     if epochs < 1 or lr <= 0:
         raise NboptError(f"epochs={epochs} and lr={lr} must be positive (e.g. epochs=3, lr=1e-3).")
     check_layer_names(model, opts.layer_bits)
+    check_finite_weights(model)
     calib = calib if calib is not None else [x for x, _ in _labelled(train_data)]
     trained = _train(fold_batchnorm(working_copy(model)), train_data, loss_fn, opts, epochs, lr, calib, progress)
     result = quantize(model, calib, **{k: getattr(opts, k) for k in keys - {"layer_bits"}},

@@ -9,6 +9,10 @@ import pandas as pd
 from torch import nn
 
 
+class PartialResultWarning(UserWarning):
+    """A long run was interrupted (Ctrl-C / stop button) and returned what it had finished."""
+
+
 @dataclass
 class QuantResult:
     """What :func:`nbopt.quantize` returns.
@@ -30,6 +34,7 @@ class QuantResult:
     backend_reason: str = ""
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False  # True when an interrupted run (e.g. QAT) returned what it had finished
 
     @property
     def speedup(self) -> float:
@@ -62,6 +67,7 @@ class QuantResult:
     def __repr__(self) -> str:
         acc = (f", accuracy {self.accuracy['fp32']:.4f} -> {self.accuracy['quantized']:.4f}" if self.accuracy else "")
         fid = ", ".join(f"{k}={v:.4g}" for k, v in self.fidelity.items())
-        return (f"QuantResult({self.label}, {len(self.report)} layers, "
+        label = self.label + (", PARTIAL (interrupted)" if self.partial else "")
+        return (f"QuantResult({label}, {len(self.report)} layers, "
                 f"deployable {self.size_bytes['fp32']['deployable'] / 1e6:.3f} MB -> "
                 f"{self.size_bytes['quantized']['deployable'] / 1e6:.3f} MB, speedup {self.speedup:.2f}x{acc}; {fid})")

@@ -1,87 +1,44 @@
 """Per-layer sensitivity: each Conv/Linear weight quantized alone at each bit width, metric drop per cell.
 
-Without ``evaluate`` the metric is measured on ``calib`` against the fp32 outputs, and the fp32
-activations are cached: a layer's trial re-runs only the part of the (torch.fx traced) network that
-depends on that layer. ``method="naive"`` re-runs the whole copied model per trial (same numbers).
+Without ``evaluate`` the metric is measured on ``calib`` against the fp32 outputs, and the fp32 activations
+are cached (:mod:`.activation_cache`): a layer's trial re-runs only the part of the (torch.fx traced)
+network that depends on that layer, all bit widths of the layer in one batch. ``method="naive"`` copies
+the model and re-runs all of it per trial (same numbers; the reference for tests and benchmarks).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
-from torch import fx, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NboptError
 from ..inputs import call, check_module
 from ..model_state import working_copy
-from .calibration import calibration_inputs
+from .activation_cache import ActivationCache, trace
+from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
-from .observers import QParams, fake_quant
-from .options import QuantOptions, check_bits, quantizable_layers
+from .observers import fake_quant
+from .options import QuantOptions, check_bits, check_finite_weights, quantizable_layers
+from .result import PartialResultWarning
 from .simulate import fold_batchnorm, weight_qparams
 
-
-class ActivationCache:
-    """fp32 values of every node of a traced model for each calibration batch."""
-
-    def __init__(self, gm: fx.GraphModule, inputs: list[Any]):
-        self.gm, self.nodes = gm, list(gm.graph.nodes)
-        self.order = {n: i for i, n in enumerate(self.nodes)}
-        self.envs = [self._run(x) for x in inputs]
-        self.outputs = [env[self.nodes[-1]] for env in self.envs]
-
-    def _run(self, x: Any) -> dict[fx.Node, Any]:
-        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
-        args = x if isinstance(x, (tuple, list)) else (x,)
-        with torch.no_grad():
-            interp.run(*args)
-        env = dict(interp.env)
-        env[self.nodes[-1]] = interp.run_node(self.nodes[-1]) if self.nodes[-1] not in env else env[self.nodes[-1]]
-        return env
-
-    def downstream(self, target: str) -> list[fx.Node]:
-        """The call_module node for ``target`` and every node that depends on it, in execution order."""
-        start = [n for n in self.nodes if n.op == "call_module" and n.target == target]
-        seen, stack = set(start), list(start)
-        while stack:
-            for user in stack.pop().users:
-                if user not in seen:
-                    seen.add(user)
-                    stack.append(user)
-        return sorted(seen, key=self.order.get)
-
-    def rerun(self, nodes: list[fx.Node]) -> list[Any]:
-        """Outputs with ``nodes`` recomputed (the rest read from the cache), one per batch."""
-        outs = []
-        with torch.no_grad():
-            for env in self.envs:
-                interp = fx.Interpreter(self.gm, garbage_collect_values=False)
-                interp.env = dict(env)
-                for node in nodes:
-                    interp.env[node] = interp.run_node(node)
-                outs.append(interp.env[self.nodes[-1]])
-        return outs
-
-
-def _swap(layer: nn.Module, qp: QParams) -> torch.Tensor:
-    original = layer.weight.data
-    layer.weight.data = fake_quant(original, qp)
-    return original
-
-
-def _trial_outputs_naive(folded: nn.Module, name: str, qp: QParams, inputs: list[Any]) -> list[Any]:
-    """Reference method: copy the model, quantize one layer, run every batch through all of it."""
-    model = working_copy(folded)
-    _swap(model.get_submodule(name), qp)
-    with torch.no_grad():
-        return [call(model, x) for x in inputs]
+Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
 
 
 def _metrics(ref: list[Any], out: list[Any]) -> dict[str, float]:
     f = fidelity(ref, out)
     return {"drop": 1.0 - f.get("top1_agreement", f["cosine"]), "sqnr": f["sqnr_db"]}
+
+
+def _bit_list(bits: Iterable[int] | int) -> list[int]:
+    bits = sorted({int(b) for b in bits} if not isinstance(bits, int) else {bits}, reverse=True)
+    for b in bits:
+        check_bits(b, "bits")
+    return bits
 
 
 def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
@@ -91,62 +48,99 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
 
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
     drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib`` (1 - cosine for
-    non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32.
+    non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32. Plot it with
+    ``nbopt.plots.quantization.plot_sensitivity(df)``.
+
+    Interrupting the sweep (Ctrl-C, the notebook's stop button) after at least one layer is done returns
+    the finished layers with ``df.attrs["partial"] = True`` and a :class:`PartialResultWarning`; an
+    interrupt before the first layer finishes propagates as KeyboardInterrupt. The model is never modified.
     """
     check_module(model)
-    bits = sorted({int(b) for b in bits} if not isinstance(bits, int) else {bits}, reverse=True)
-    for b in bits:
-        check_bits(b, "bits")
+    bits = _bit_list(bits)
     if method not in ("cached", "naive"):
         raise NboptError(f"method={method!r} must be 'cached' or 'naive'.")
     opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None).validate()
+    check_finite_weights(model)
     inputs = list(calibration_inputs(calib))
     if not inputs:
-        raise NboptError("the calibration data is empty; pass at least one batch.")
+        raise NboptError(EMPTY_CALIBRATION)
     folded = fold_batchnorm(working_copy(model))
     layers = quantizable_layers(folded)
-    trial, ref, used = _trial_runner(folded, inputs, evaluate, method)
-    base = evaluate(folded) if evaluate else None
-    rows = []
-    for name in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
-        row = {"layer": name, "type": type(layers[name]).__name__, "params": layers[name].weight.numel()}
-        for b in bits:
-            m = trial(name, weight_qparams(layers[name].weight.detach(), b, opts))
-            row[f"drop_{b}bit"] = base - m if evaluate else _metrics(ref, m)["drop"]
-            row[f"sqnr_{b}bit"] = float("nan") if evaluate else _metrics(ref, m)["sqnr"]
-        rows.append(row)
-    df = pd.DataFrame(rows).set_index("layer")
+    trial, used, batched = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
+    rows = _sweep(layers, bits, opts, trial, progress)
+    df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
     df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else "1 - top-1 agreement with fp32",
-                    method=used, options=dict(granularity=granularity, symmetric=symmetric, observer=observer))
+                    method=used, batched=batched, options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
+                    partial=len(rows) < len(layers), layers_total=len(layers))
     return df
 
 
-def _trial_runner(folded: nn.Module, inputs: list[Any], evaluate: Callable | None, method: str):
-    """A function (layer name, qparams) -> outputs per batch (or accuracy), the fp32 reference, method used."""
+def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, trial: Trial,
+           progress: bool) -> list[dict[str, Any]]:
+    """One row per layer; an interrupt after the first row ends the sweep early with a warning."""
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
+            w = layers[name].weight.detach()
+            cells = trial(name, [fake_quant(w, weight_qparams(w, b, opts)) for b in bits])
+            row = {"layer": name, "type": type(layers[name]).__name__, "params": w.numel()}
+            for b, cell in zip(bits, cells):
+                row[f"drop_{b}bit"], row[f"sqnr_{b}bit"] = cell["drop"], cell["sqnr"]
+            rows.append(row)
+    except KeyboardInterrupt:
+        if not rows:
+            raise
+        warnings.warn(f"sensitivity interrupted after {len(rows)} of {len(layers)} layers; returning partial "
+                      "results (df.attrs['partial'] is True).", PartialResultWarning, stacklevel=3)
+    return rows
+
+
+def _set_weight(model: nn.Module, name: str, w: torch.Tensor) -> None:
+    model.get_submodule(name).weight.data = w
+
+
+def _trial_runner(folded: nn.Module, inputs: list[Any], evaluate: Callable | None, method: str,
+                  names: list[str], variants: int) -> tuple[Trial, str, bool]:
+    """A function (layer, quantized weights per bit width) -> metrics per bit width; method used; bits batched?"""
     if evaluate is not None:
-        def run_eval(name: str, qp: QParams) -> float:
-            layer = folded.get_submodule(name)
-            original = _swap(layer, qp)
-            try:
-                return float(evaluate(folded))
-            finally:
-                layer.weight.data = original
-        return run_eval, None, "evaluate (black box: no caching)"
+        return _evaluate_trial(folded, evaluate), "evaluate (black box: no caching)", False
+    if method == "cached":
+        try:
+            cache = ActivationCache(trace(folded, inputs[0]), inputs, names, variants)
+        except Exception:  # noqa: BLE001 - untraceable: fall back to full re-evaluation
+            cache = None
+        if cache is not None:
+            return ((lambda name, ws: [_metrics(cache.outputs, out) for out in cache.trial(name, ws)]), "cached",
+                    cache.batching)
     with torch.no_grad():
         ref = [call(folded, x) for x in inputs]
-    if method == "naive":
-        return (lambda name, qp: _trial_outputs_naive(folded, name, qp, inputs)), ref, "naive"
-    try:
-        gm = folded if isinstance(folded, fx.GraphModule) else fx.symbolic_trace(folded)
-        cache = ActivationCache(gm, inputs)
-    except Exception:  # noqa: BLE001 - untraceable: fall back to full re-evaluation
-        return (lambda name, qp: _trial_outputs_naive(folded, name, qp, inputs)), ref, "naive (not traceable)"
+    return _naive_trial(folded, inputs, ref), "naive" if method == "naive" else "naive (not traceable)", False
 
-    def run_cached(name: str, qp: QParams) -> list[Any]:
-        layer = gm.get_submodule(name)
-        original = _swap(layer, qp)
+
+def _evaluate_trial(folded: nn.Module, evaluate: Callable) -> Trial:
+    base = float(evaluate(folded))
+
+    def run(name: str, weights: list[torch.Tensor]) -> list[dict[str, float]]:
+        layer = folded.get_submodule(name)
+        original, out = layer.weight.data, []
         try:
-            return cache.rerun(cache.downstream(name))
+            for w in weights:
+                layer.weight.data = w
+                out.append({"drop": base - float(evaluate(folded)), "sqnr": float("nan")})
         finally:
             layer.weight.data = original
-    return run_cached, cache.outputs, "cached"
+        return out
+    return run
+
+
+def _naive_trial(folded: nn.Module, inputs: list[Any], ref: list[Any]) -> Trial:
+    """Reference method: per trial, copy the model, quantize one layer, run every batch through all of it."""
+    def run(name: str, weights: list[torch.Tensor]) -> list[dict[str, float]]:
+        out = []
+        for w in weights:
+            model = working_copy(folded)
+            _set_weight(model, name, w)
+            with torch.no_grad():
+                out.append(_metrics(ref, [call(model, x) for x in inputs]))
+        return out
+    return run

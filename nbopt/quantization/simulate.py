@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import fusion, parametrize
+from torch.nn.utils import parametrize
 
 from .calibration import run_batches
 from .observers import QParams, compute_qparams, fake_quant
@@ -19,20 +19,17 @@ ACT_SAMPLES = 2 ** 16  # values kept per batch for percentile/MSE activation obs
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold eval-mode BatchNorm into the preceding convolution (in place on a copy; names of convs kept)."""
+    """Fold eval-mode BatchNorm into the preceding Conv/Linear, in place on a copy; returns ``model``.
+
+    The model keeps its class, module names and ``forward`` signature (optional arguments such as
+    ``mask=None`` keep working): pairs are found on a torch.fx trace, or inside ``nn.Sequential`` when the
+    model cannot be traced, and each folded BN becomes ``nn.Identity``.
+    """
+    from ..deployment.fuse import fold_batchnorm as fold_pairs
+
     model.eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-        return fuse(model, inplace=True)
-    except Exception:  # untraceable model: fold Conv->BN pairs inside nn.Sequential only
-        for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-            names = list(seq._modules)
-            for a, b in zip(names, names[1:]):
-                conv, bn = seq._modules[a], seq._modules[b]
-                if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
-                    seq._modules[a] = fusion.fuse_conv_bn_eval(conv, bn)
-                    seq._modules[b] = nn.Identity()
-        return model
+    fold_pairs(model)
+    return model
 
 
 class ActQuant(nn.Module):

@@ -45,3 +45,16 @@ def test_bad_input_is_a_usage_error(shell, line, message):
 def test_usage_error_is_shown_without_traceback(shell):
     _, err = run(shell, "%quantize qm --calib qcal --bits 1")
     assert type(err) is UsageError
+
+
+def test_sensitivity_option_shows_table_and_heatmap(shell, monkeypatch):
+    import nbopt.magics.quantize as magic
+    shown = []
+    monkeypatch.setattr(magic, "display", shown.append)
+    shell.run_line_magic("quantize", "qm --calib qcal[0][:16] --sensitivity 8,4 -o sens")
+    df = shell.user_ns["sens"]
+    assert list(df.columns[-4:]) == ["drop_8bit", "sqnr_8bit", "drop_4bit", "sqnr_4bit"]
+    assert shown[0] is df and type(shown[1]).__name__ == "Figure"
+    assert len(shown[1].axes[0].get_yticklabels()) == len(df)
+    with pytest.raises(UsageError, match="comma-separated bit widths"):
+        shell.run_line_magic("quantize", "qm --calib qcal --sensitivity 8,x")

@@ -53,26 +53,56 @@ def test_profile_rejects_unusable_inputs():
                       r"got str\. Example: nbopt\.profile\(model, torch\.randn", nbopt.profile, m, "x", model=m)
 
 
-@pytest.mark.parametrize("execution", ["auto", "real"])
-def test_profile_wrong_shape_names_the_shapes(execution):
+SHAPE_ERROR = (r"^Sequential failed on inputs \(2, 1, 5, 5\) float32 at layer '3' \(Linear, given \(2, 72\) "
+               r"float32\): RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x72 and 128x3\)\. Check the "
+               r"input shape, dtype and device the model expects\.$")
+
+
+@pytest.mark.parametrize("execution", ["auto", "real", "meta"])
+def test_profile_wrong_shape_names_the_shapes_and_the_layer(execution):
+    """Meta execution too: the same message as a real run, not a suggestion to run for real."""
     m = small_cnn()
-    raises(ForwardError, r"Sequential failed on inputs \(2, 1, 5, 5\) float32: RuntimeError: mat1 and mat2 "
-                         r"shapes cannot be multiplied \(2x72 and 128x3\)\. Check the input shape, dtype and device",
-           nbopt.profile, m, torch.randn(2, 1, 5, 5), latency=False, execution=execution, model=m)
+    raises(ForwardError, SHAPE_ERROR, nbopt.profile, m, torch.randn(2, 1, 5, 5), latency=False,
+           execution=execution, model=m)
 
 
-def test_profile_wrong_shape_on_meta_names_the_shapes():
-    """execution='meta' reports the meta kernel's own shape message (and suggests a real run)."""
-    m = small_cnn()
-    raises(NboptError, r"this model cannot run on meta tensors \(a and b must have same reduction dim, but got "
-                       r"\[2, 72\] X \[128, 3\]\.\); use execution='real'",
-           nbopt.profile, m, torch.randn(2, 1, 5, 5), latency=False, execution="meta", model=m)
+DTYPE_ERRORS = [  # (model, input dtype, the message a real CPU run gives)
+    (small_cnn, torch.int64, r"^Sequential failed on inputs \(2, 1, 6, 6\) int64 at layer '0' \(Conv2d, given "
+                             r"\(2, 1, 6, 6\) int64\): RuntimeError: Input type \(long int\) and bias type \(float\) "
+                             r"should be the same\. Check the input shape, dtype and device the model expects\.$"),
+    (lambda: nn.Conv2d(1, 8, 3, bias=False), torch.int64,  # the meta kernel itself accepts this one
+     r"^Conv2d failed on inputs \(2, 1, 6, 6\) int64: RuntimeError: expected scalar type Long but found Float\."),
+    (lambda: nn.Conv2d(1, 8, 3, bias=False), torch.float16,
+     r"^Conv2d failed on inputs \(2, 1, 6, 6\) float16: RuntimeError: expected scalar type Half but found Float\."),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), torch.int64,
+     r"^Sequential failed on inputs \(2, 1, 6, 6\) int64 at layer '1' \(Linear, given \(2, 36\) int64\): "
+     r"RuntimeError: mat1 and mat2 must have the same dtype, but got Long and Float\."),
+    (lambda: nn.BatchNorm2d(1), torch.int64,
+     r"^BatchNorm2d failed on inputs \(2, 1, 6, 6\) int64: NotImplementedError: \"batch_norm\" not implemented for "
+     r"'Long'\. Check the input shape, dtype and device the model expects\.$"),
+]
 
 
-def test_profile_wrong_dtype_names_the_dtype():
-    m = small_cnn()
-    raises(ForwardError, r"failed on inputs \(2, 1, 6, 6\) int64: RuntimeError: .*Check the input shape, dtype",
-           nbopt.profile, m, X.long(), latency=False, execution="real", model=m)
+@pytest.mark.parametrize("execution", ["auto", "real", "meta"])
+@pytest.mark.parametrize("make, dtype, match", DTYPE_ERRORS)
+def test_profile_wrong_dtype_is_rejected_like_a_real_run(make, dtype, match, execution):
+    m = make().eval()
+    raises(ForwardError, match, nbopt.profile, m, X.to(dtype), latency=False, execution=execution, model=m)
+
+
+class _NeedsValues(nn.Module):
+    def forward(self, x):
+        return x * x.sum().item()  # a value, not a shape: meta tensors have none
+
+
+def test_profile_meta_only_failure_suggests_a_real_run():
+    m = nn.Sequential(nn.Linear(4, 4), _NeedsValues()).eval()
+    x = torch.randn(2, 4)
+    raises(NboptError, r"^this model cannot run on meta tensors at layer '1' \(_NeedsValues, given \(2, 4\) float32\) "
+                       r"\(RuntimeError: Tensor\.item\(\) cannot be called on meta tensors\), though it runs on real "
+                       r"ones; count it with execution='real' \(or 'auto', which falls back by itself\)$",
+           nbopt.profile, m, x, latency=False, execution="meta", model=m)
+    assert nbopt.profile(m, x, latency=False, execution="auto").execution == "real"
 
 
 def test_profile_wrong_device_says_how_to_move():
@@ -209,14 +239,19 @@ def test_pruner_bad_inputs():
     raises(NboptError, r"no prunable Conv/Linear layer is left to prune", Pruner, nn.Sequential(nn.ReLU()), X)
 
 
-@pytest.mark.xfail(reason="Pruner ranks NaN weights silently; reported to the lead (issue 7 report)",
-                   strict=False)
-def test_pruner_rejects_nan_weights():
+@pytest.mark.parametrize("value, kind", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+def test_pruner_rejects_nan_weights(value, kind):
     Pruner = api("Pruner")
     m = small_cnn()
     with torch.no_grad():
-        m[0].weight[0, 0, 0, 0] = float("nan")
-    raises(NboptError, r"NaN", Pruner, m, X, progress=False, model=m)
+        m[0].weight[0, 0, 0, 0] = value
+    msg = (rf"parameter '0\.weight' holds {kind} values \(1 of {m[0].weight.numel()}\), so its weights cannot be "
+           r"ranked for pruning\. Fix the model first: reload a good checkpoint or find where training diverged "
+           r"\(torch\.isfinite\(model\.state_dict\(\)\['0\.weight'\]\)\.all\(\) is False\)\.$")
+    bits = {k: v.clone().view(torch.int32) for k, v in m.state_dict().items()}  # NaN != NaN for torch.equal
+    raises(NboptError, msg, Pruner, m, X, progress=False)
+    raises(NboptError, msg, nbopt.prune, m, X, amount=0.5, progress=False)
+    assert all(torch.equal(v.view(torch.int32), bits[k]) for k, v in m.state_dict().items())
 
 
 PRUNE_MAGIC_ERRORS = [
@@ -294,22 +329,28 @@ def test_quantize_bad_calibration_inputs():
     raises(TypeError, r"model must be a torch\.nn\.Module, got str", quantize, "m", X)
 
 
-@pytest.mark.xfail(reason="quantize accepts Inf/NaN weights silently; reported to the lead", strict=False)
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_quantize_rejects_non_finite_weights(bad):
-    quantize = api("quantize")
+@pytest.mark.parametrize("bad, kind", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+@pytest.mark.parametrize("entry", ["quantize", "sensitivity"])
+def test_quantize_rejects_non_finite_weights(bad, kind, entry):
+    fn = api(entry)
     m = small_cnn()
     with torch.no_grad():
         m[3].weight[0, 0] = bad
-    raises(NboptError, r"(NaN|Inf)", quantize, m, X, progress=False, model=m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}  # NaN != NaN: compare with equal_nan below
+    raises(NboptError, rf"'3\.weight' holds {kind} values \(1 of 384\), so no quantization scale can represent it\. "
+                       r"Fix the model first: reload a good checkpoint or find where training diverged "
+                       r"\(check torch\.isfinite\(model\.state_dict\(\)\['3\.weight'\]\)\.all\(\)\)\.$",
+           fn, m, X, progress=False, model=m if kind == "Inf" else None)
+    assert all(torch.allclose(v, before[k], rtol=0, atol=0, equal_nan=True) for k, v in m.state_dict().items())
 
 
-@pytest.mark.xfail(reason="an empty (0-sample) calibration tensor surfaces torch's min() reduction message "
-                          "instead of 'the calibration data is empty'; reported to the lead", strict=False)
-def test_quantize_zero_sample_calibration_tensor():
-    quantize = api("quantize")
+@pytest.mark.parametrize("empty", [X[:0], [X[:0], X[:0]]])
+@pytest.mark.parametrize("entry", ["quantize", "sensitivity"])
+def test_quantize_zero_sample_calibration_tensor(empty, entry):
+    fn = api(entry)
     m = small_cnn()
-    raises(NboptError, r"the calibration data is empty", quantize, m, X[:0], progress=False, model=m)
+    raises(NboptError, r"^the calibration data is empty; pass at least one batch with samples \(e\.g\. a tensor of "
+                       r"inputs\); batches of 0 samples do not count\.$", fn, m, empty, progress=False, model=m)
 
 
 # ---------------------------------------------------------------- export

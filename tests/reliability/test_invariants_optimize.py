@@ -116,10 +116,9 @@ def test_quantize_and_sensitivity_never_touch_the_model(case, bits):
     assert len(table) >= 1  # the Linear head at least
 
 
-@pytest.mark.xfail(reason="quantize's FX capture traces `if scale is not None` with a Proxy, so a forward with "
-                          "an optional keyword argument fails; reported to the lead", strict=False)
 def test_quantize_model_with_optional_keyword_argument():
-    quantize = api("quantize")
+    """A forward(x, mask=None): BN folding and sensitivity's fx trace keep the optional argument working."""
+    quantize, sensitivity = api("quantize"), api("sensitivity")
 
     class WithMask(torch.nn.Module):
         def __init__(self):
@@ -130,8 +129,16 @@ def test_quantize_model_with_optional_keyword_argument():
             y = self.fc(x)
             return y if mask is None else y * mask
 
-    result = quantize(WithMask(), torch.randn(8, 4), weight_bits=8, act_bits=8, progress=False, repeat=1)
+    model, x = WithMask(), torch.randn(8, 4)
+    result = quantize(model, x, weight_bits=8, act_bits=8, progress=False, repeat=1)
     assert result.fidelity["cosine"] > 0.99
+    mask = torch.zeros(8, 3)
+    assert torch.equal(result.model(x, mask=mask), mask)  # the optional argument still does its job
+    table = sensitivity(model, x, bits=(8, 4), progress=False)
+    naive = sensitivity(model, x, bits=(8, 4), method="naive", progress=False)
+    assert table.attrs["method"] == "cached" and list(table.index) == ["fc"]
+    assert torch.allclose(torch.tensor(table.values[:, 1:].astype(float)),
+                          torch.tensor(naive.values[:, 1:].astype(float)), atol=1e-4)
 
 
 # ---------------------------------------------------------------- panels and deployment
