@@ -69,6 +69,19 @@ class LayerMask:
         self.k = k
 
 
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise naming the first parameter or buffer that holds NaN or Inf (magnitudes could not be ranked)."""
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    for what, name, t in tensors + [("buffer", n, t) for n, t in model.named_buffers()]:
+        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
+            continue
+        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise NboptError(f"{what} {name!r} holds {kind} values ({int((~torch.isfinite(t)).sum())} of "
+                         f"{t.numel()}), so its weights cannot be ranked for pruning. Fix the model first: reload "
+                         "a good checkpoint or find where training diverged "
+                         f"(torch.isfinite(model.state_dict()[{name!r}]).all() is False).")
+
+
 def prunable_layers(model: nn.Module, layers: list[str] | None = None,
                     exclude: list[str] | None = None) -> dict[str, nn.Module]:
     """Conv/Linear modules by qualified name, filtered by ``layers``/``exclude`` (names or prefixes)."""

@@ -14,7 +14,7 @@ from ..inputs import call, check_device, check_finite, check_module
 from ..model_state import preserved, working_copy
 from . import structured as S
 from .preview import ChannelPreview, removed_slices
-from .masks import LayerMask, build_masks, check_names, global_counts, prunable_layers
+from .masks import LayerMask, build_masks, check_finite_parameters, check_names, global_counts, prunable_layers
 
 SCOPES = ("global", "layer")
 
@@ -33,6 +33,7 @@ class Pruner:
                  exclude: list[str] | None = None, criterion: str = "l1", round_to: int = 8,
                  progress: bool = True) -> None:
         check_module(model)
+        check_finite_parameters(model)
         check_finite(example_inputs, "example_inputs")
         check_device(model, example_inputs)
         if criterion not in S.CRITERIA:
