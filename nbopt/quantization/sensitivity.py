@@ -23,7 +23,7 @@ from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
 from .options import QuantOptions, check_bits, check_finite_weights, quantizable_layers
-from .result import PartialResultWarning
+from .result import PartialResultWarning, check_on_interrupt
 from .simulate import fold_batchnorm, weight_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
@@ -43,7 +43,8 @@ def _bit_list(bits: Iterable[int] | int) -> list[int]:
 
 def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
                 bits: Iterable[int] = (8, 6, 4), *, granularity: str = "per_channel", symmetric: bool = True,
-                observer: str = "minmax", method: str = "cached", progress: bool = True) -> pd.DataFrame:
+                observer: str = "minmax", method: str = "cached", progress: bool = True,
+                on_interrupt: str = "return") -> pd.DataFrame:
     """DataFrame, one row per Conv/Linear layer: ``drop_{b}bit`` (metric drop) and ``sqnr_{b}bit`` (dB).
 
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
@@ -51,14 +52,16 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32. Plot it with
     ``nbopt.plots.quantization.plot_sensitivity(df)``.
 
-    Interrupting the sweep (Ctrl-C, the notebook's stop button) after at least one layer is done returns
-    the finished layers with ``df.attrs["partial"] = True`` and a :class:`PartialResultWarning`; an
-    interrupt before the first layer finishes propagates as KeyboardInterrupt. The model is never modified.
+    Interrupting the sweep (Ctrl-C, the notebook's stop button) with ``on_interrupt="return"`` (default),
+    once at least one layer is done, returns the finished layers with ``df.attrs["partial"] = True`` and a
+    :class:`PartialResultWarning`; before the first layer finishes, or with ``on_interrupt="raise"``, the
+    KeyboardInterrupt propagates. The model is never modified.
     """
     check_module(model)
     bits = _bit_list(bits)
     if method not in ("cached", "naive"):
         raise NboptError(f"method={method!r} must be 'cached' or 'naive'.")
+    check_on_interrupt(on_interrupt)
     opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None).validate()
     check_finite_weights(model)
     inputs = list(calibration_inputs(calib))
@@ -67,7 +70,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     folded = fold_batchnorm(working_copy(model))
     layers = quantizable_layers(folded)
     trial, used, batched = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
-    rows = _sweep(layers, bits, opts, trial, progress)
+    rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise")
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
     df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else "1 - top-1 agreement with fp32",
                     method=used, batched=batched, options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
@@ -76,7 +79,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
 
 
 def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, trial: Trial,
-           progress: bool) -> list[dict[str, Any]]:
+           progress: bool, reraise: bool) -> list[dict[str, Any]]:
     """One row per layer; an interrupt after the first row ends the sweep early with a warning."""
     rows: list[dict[str, Any]] = []
     try:
@@ -88,7 +91,7 @@ def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, tr
                 row[f"drop_{b}bit"], row[f"sqnr_{b}bit"] = cell["drop"], cell["sqnr"]
             rows.append(row)
     except KeyboardInterrupt:
-        if not rows:
+        if reraise or not rows:
             raise
         warnings.warn(f"sensitivity interrupted after {len(rows)} of {len(layers)} layers; returning partial "
                       "results (df.attrs['partial'] is True).", PartialResultWarning, stacklevel=3)

@@ -113,10 +113,11 @@ def test_qat_interrupted_then_usable():
     snap = Snapshot.take(model)
     data = list(zip(xs, ys))
     loss = nn.functional.cross_entropy
-    interrupted(qat, model, data, stop_on_call(3, loss), epochs=1, progress=False, weight_bits=8, act_bits=8)
+    interrupted(qat, model, data, stop_on_call(3, loss), epochs=1, progress=False, weight_bits=8, act_bits=8,
+                on_interrupt="raise")
     snap.assert_unchanged()
     stream = StopAfter(data, 2)
-    interrupted(qat, model, stream, loss, epochs=1, progress=False, weight_bits=8, act_bits=8)
+    interrupted(qat, model, stream, loss, epochs=1, progress=False, weight_bits=8, act_bits=8, on_interrupt="raise")
     assert stream.served >= 2
     snap.assert_unchanged()
     result = qat(model, data, loss, epochs=1, progress=False, weight_bits=8, act_bits=8)
@@ -153,4 +154,80 @@ def test_pruner_interrupted_during_evaluation_keeps_its_setting():
     assert same_state(pruner.model, at_half)
     pruner.set(0.2).set(0.5)
     assert same_state(pruner.model, at_half)
+    snap.assert_unchanged()
+
+
+# ---------------------------------------------------------------- interrupted sweeps return partial results
+def _accuracy(xs, ys):
+    def accuracy(m):
+        with torch.no_grad():
+            return float(sum((m(x).argmax(1) == y).float().mean() for x, y in zip(xs, ys)) / len(xs))
+    return accuracy
+
+
+def test_sensitivity_interrupted_in_evaluate_returns_the_layers_done():
+    """Calls of evaluate: 1 = fp32 baseline, 2-3 = layer '0' at 8 and 4 bits, 4 = layer '4' at 8 bits."""
+    sensitivity = api("sensitivity")
+    from nbopt.quantization.result import PartialResultWarning
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+    full = sensitivity(model, xs, evaluate=_accuracy(xs, ys), bits=(8, 4), progress=False)
+    with pytest.warns(PartialResultWarning) as record:
+        part = sensitivity(model, xs, evaluate=stop_on_call(4, _accuracy(xs, ys)), bits=(8, 4), progress=False)
+    assert str(record[0].message) == ("sensitivity interrupted after 1 of 2 layers; returning partial results "
+                                      "(df.attrs['partial'] is True).")
+    snap.assert_unchanged()
+    assert part.attrs["partial"] is True and part.attrs["layers_total"] == 2 and full.attrs["partial"] is False
+    assert list(part.index) == ["0"] and part.loc["0"].equals(full.loc["0"])
+    interrupted(sensitivity, model, xs, evaluate=stop_on_call(4, _accuracy(xs, ys)), bits=(8, 4), progress=False,
+                on_interrupt="raise")
+    snap.assert_unchanged()
+
+
+def test_sensitivity_interrupted_in_cached_sweep_returns_the_layers_done(monkeypatch):
+    """The Ctrl-C lands while the third (layer, bits) cell is being quantized: layer '0' is kept."""
+    sensitivity = api("sensitivity")
+    import importlib
+    sens = importlib.import_module("nbopt.quantization.sensitivity")  # the module, not the function it exports
+    from nbopt.quantization.result import PartialResultWarning
+    model, xs, _ = model_and_data()
+    snap = Snapshot.take(model)
+    full = sensitivity(model, xs, bits=(8, 4), progress=False)
+    monkeypatch.setattr(sens, "fake_quant", stop_on_call(3, sens.fake_quant))
+    with pytest.warns(PartialResultWarning, match=r"after 1 of 2 layers"):
+        part = sensitivity(model, xs, bits=(8, 4), progress=False)
+    snap.assert_unchanged()
+    assert part.attrs["partial"] is True and part.attrs["method"] == "cached"
+    assert list(part.index) == ["0"] and part.loc["0"].equals(full.loc["0"])
+
+
+def test_qat_interrupted_returns_a_partial_result_with_the_steps_done():
+    """6 steps per epoch: loss_fn's 9th call is in epoch 2, so the result has the weights after 8 steps."""
+    qat = api("qat")
+    from nbopt.quantization.result import PartialResultWarning
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+    data = list(zip(xs, ys))
+    loss = nn.functional.cross_entropy
+    eight_steps = qat(model, data + data[:2], loss, epochs=1, calib=xs, progress=False, weight_bits=4, act_bits=8)
+    with pytest.warns(PartialResultWarning) as record:
+        part = qat(model, data, stop_on_call(9, loss), epochs=3, progress=False, weight_bits=4, act_bits=8)
+    assert str(record[0].message) == ("QAT was interrupted after 1 of 3 epochs (8 steps); converting the weights "
+                                      "reached so far (result.partial is True).")
+    snap.assert_unchanged()
+    assert part.partial and not eight_steps.partial and "PARTIAL" in repr(part)
+    assert part.notes[-1] == "PARTIAL: QAT was interrupted; the model has the weights after 1 of 3 epochs (8 steps)."
+    with torch.no_grad():
+        assert torch.equal(part.model(xs[0]), eight_steps.model(xs[0]))  # exactly the 8 steps done
+
+
+def test_qat_interrupted_before_the_first_step_propagates():
+    qat = api("qat")
+    model, xs, ys = model_and_data()
+    snap = Snapshot.take(model)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interrupted(qat, model, list(zip(xs, ys)), stop_on_call(1, nn.functional.cross_entropy), epochs=2,
+                    progress=False, weight_bits=8, act_bits=8)
     snap.assert_unchanged()
