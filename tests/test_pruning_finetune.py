@@ -53,3 +53,14 @@ def test_bad_arguments(demo_model, kwargs):
 def test_unlabelled_data_is_refused(demo_model):
     with pytest.raises(NboptError, match=r"\(inputs, target\) pairs"):
         finetune(demo_model, [torch.randn(4, 1, 8, 8)], nn.CrossEntropyLoss(), progress=False)
+
+
+def test_finished_run_is_not_partial_and_on_interrupt_is_checked(demo_model):
+    tuned = finetune(demo_model, [(demo.example_input(4), torch.tensor([0, 1, 2, 3]))], nn.CrossEntropyLoss(),
+                     epochs=2, progress=False)
+    info = tuned.finetune_info
+    assert (info.partial, info.epochs_completed, info.steps_completed, info.steps_planned) == (False, 2, 2, 2)
+    assert info.last_loss > 0
+    with pytest.raises(NboptError, match=r"on_interrupt must be 'return' \(keep the work done, marked partial\) "
+                                         r"or 'raise', got 'ignore'"):
+        finetune(demo_model, demo.train_loader(), nn.CrossEntropyLoss(), on_interrupt="ignore")

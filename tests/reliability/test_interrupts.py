@@ -132,7 +132,7 @@ def test_finetune_interrupted_then_usable():
     rng = torch.random.get_rng_state()
     data = list(zip(xs, ys))
     loss = nn.functional.cross_entropy
-    interrupted(finetune, model, data, stop_on_call(2, loss), epochs=2, progress=False)
+    interrupted(finetune, model, data, stop_on_call(2, loss), epochs=2, progress=False, on_interrupt="raise")
     snap.assert_unchanged()
     assert torch.equal(torch.random.get_rng_state(), rng), "the global RNG was left forked/reseeded"
     tuned = finetune(model, data, loss, epochs=1, progress=False)
@@ -154,6 +154,56 @@ def test_pruner_interrupted_during_evaluation_keeps_its_setting():
     assert same_state(pruner.model, at_half)
     pruner.set(0.2).set(0.5)
     assert same_state(pruner.model, at_half)
+    snap.assert_unchanged()
+
+
+def test_finetune_interrupted_returns_the_partial_copy_labelled_partial():
+    """Stop pressed at the 4th loss call: steps 1-3 are kept, labelled partial, and equal a 3-batch run."""
+    finetune = api("finetune")
+    from nbopt.model_state import same_state, state_fingerprint
+    from nbopt.quantization.result import PartialResultWarning
+    model, xs, ys = model_and_data()
+    snap, rng = Snapshot.take(model), torch.random.get_rng_state()
+    data, loss = list(zip(xs, ys)), nn.functional.cross_entropy
+    with pytest.warns(PartialResultWarning, match=r"interrupted after 0 of 2 epochs \(3 steps\); returning the "
+                                                  r"partly trained copy"):
+        partial = finetune(model, data, stop_on_call(4, loss), epochs=2, progress=False)
+    snap.assert_unchanged()
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    info = partial.finetune_info
+    assert (info.partial, info.epochs_completed, info.steps_completed, info.steps_planned) == (True, 0, 3, 12)
+    assert partial is not model and not partial.training
+    three = finetune(model, data[:3], loss, epochs=1, progress=False)
+    assert same_state(partial, state_fingerprint(three))  # exactly the work done before the interrupt
+    assert not three.finetune_info.partial and three.finetune_info.steps_completed == 3
+
+
+def test_finetune_interrupted_in_a_later_epoch_counts_finished_epochs():
+    finetune = api("finetune")
+    from nbopt.quantization.result import PartialResultWarning
+    model, xs, ys = model_and_data()
+    with torch.no_grad():
+        model[4].weight[:, :20] = 0  # pruned weights stay zero in the partial result too
+    snap = Snapshot.take(model)
+    data = list(zip(xs, ys))
+    with pytest.warns(PartialResultWarning, match=r"after 1 of 3 epochs \(8 steps\)"):
+        partial = finetune(model, data, stop_on_call(9, nn.functional.cross_entropy), epochs=3, progress=False)
+    snap.assert_unchanged()
+    assert (partial.finetune_info.epochs_completed, partial.finetune_info.steps_completed) == (1, 8)
+    assert int(torch.count_nonzero(partial[4].weight[:, :20])) == 0
+    assert not torch.equal(partial[4].weight, model[4].weight)
+
+
+def test_finetune_interrupted_before_any_step_propagates(recwarn):
+    """Nothing to keep: the interrupt reaches the user unwrapped, with no partial warning and the model intact."""
+    from nbopt.quantization.result import PartialResultWarning
+    finetune = api("finetune")
+    model, xs, ys = model_and_data()
+    data, snap = list(zip(xs, ys)), Snapshot.take(model)
+    for loss, stream in [(stop_on_call(1, nn.functional.cross_entropy), data),
+                         (nn.functional.cross_entropy, StopAfter(data, 0))]:
+        interrupted(finetune, model, stream, loss, epochs=2, progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, PartialResultWarning)]
     snap.assert_unchanged()
 
 
