@@ -1,7 +1,10 @@
-"""int8 speed-up: torch fp32 eager vs nbopt int8 (PT2E+compile / onnxruntime, auto-picked) vs onnxruntime fp32.
+"""int8 speed-up: torch fp32 (eager and torch.compile) and onnxruntime fp32 vs int8 (PT2E+compile, onnxruntime
+QDQ, and nbopt's backend="auto" pick), with file sizes.
 
-Random-weight torchvision models at batch 1 and 8, 2 threads, one interleaved run per model/batch.
-Usage: python benchmarks/int8_speedup.py [--models resnet18,mobilenet_v2,resnet50] [--repeat 10]
+Random-weight torchvision models (speed does not depend on the values) at batch 1 and 8, 2 threads; every
+latency of one model/batch comes from one interleaved timing (medians), ratios vs torch fp32 eager and vs the
+best fp32 baseline (the fastest of eager, compiled and onnxruntime fp32).
+Usage: python benchmarks/int8_speedup.py [--models resnet18,mobilenet_v2,resnet50] [--batches 1,8] [--repeat 10]
 """
 from __future__ import annotations
 
@@ -26,6 +29,18 @@ def ort_fp32(model: torch.nn.Module, example: torch.Tensor) -> tuple[OrtModule, 
     return OrtModule(data), len(data)
 
 
+def compiled_fp32(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with inductor freezing: the fastest torch fp32 baseline on CPU."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model, dynamic=False)
+
+    def run(x):
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return compiled(x)
+    return run
+
+
 def run(name: str, batches: list[int], repeat: int) -> None:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
@@ -33,17 +48,18 @@ def run(name: str, batches: list[int], repeat: int) -> None:
     pt2e = build_pt2e(model, calib, calib[0], progress=False)
     ort8 = build_onnx(model, calib, calib[0], progress=False)
     ort32, ort32_bytes = ort_fp32(model, calib[0])
+    fp32c = compiled_fp32(model)
     print(f"\n{name}: file MB  torch fp32 {disk_bytes(model) / 1e6:.1f} | onnx fp32 {ort32_bytes / 1e6:.1f} | "
           f"onnx int8 {ort8.disk_bytes / 1e6:.1f} | pt2e int8 state {pt2e.disk_bytes / 1e6:.1f}")
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
         prog, reason = _pick({"pt2e": pt2e, "onnxruntime": ort8}, {}, x, repeat=max(3, repeat // 2))
-        fns = {"fp32 eager": lambda: model(x), "ort fp32": lambda: ort32(x), "pt2e int8": lambda: pt2e.model(x),
-               "ort int8": lambda: ort8.model(x)}
+        fns = {"fp32 eager": lambda: model(x), "fp32 compiled": lambda: fp32c(x), "ort fp32": lambda: ort32(x),
+               "pt2e int8": lambda: pt2e.model(x), "ort int8": lambda: ort8.model(x)}
         t = compare(fns, warmup=2, repeat=repeat)
         med = {k: v.median_ms for k, v in t.items()}
         med["nbopt int8"] = med["pt2e int8" if prog.backend == "pt2e" else "ort int8"]
-        best32 = min(med["fp32 eager"], med["ort fp32"])
+        best32 = min(med["fp32 eager"], med["fp32 compiled"], med["ort fp32"])
         cells = " | ".join(f"{k} {v:.2f} ms ({med['fp32 eager'] / v:.2f}x)" for k, v in med.items())
         print(f"  batch {b}: {cells}")
         print(f"    nbopt int8 = {prog.backend}; vs best fp32 baseline ({best32:.2f} ms): "
