@@ -17,7 +17,7 @@ def shell(ip):
 def test_help_lists_every_option(shell):
     doc = shell.find_line_magic("quantize").__doc__
     for opt in ("--calib", "--bits", "--act-bits", "--per-tensor", "--asymmetric", "--observer", "--mode",
-                "--eval", "-o", "NOT faster"):
+                "--eval", "--sensitivity", "-o", "NOT faster"):
         assert opt in doc
 
 
