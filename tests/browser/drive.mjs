@@ -1,7 +1,8 @@
-// Drive JupyterLab in Debian's chromium: open the pruning notebook, run it, move the PruningPanel's
-// sparsity slider with the keyboard, and report what the page shows and what the kernel computes.
+// Drive a Jupyter front-end in Debian's chromium: open a notebook with a PruningPanel, run it (Voila runs it
+// itself), move the panel's sparsity slider with the keyboard, and report what the page shows (and, in
+// JupyterLab, what the kernel computes). NBOPT_FRONTEND: lab (default) | notebook (Notebook 7) | voila.
 // Usage: node drive.mjs  (config from env: NBOPT_LAB_URL, NBOPT_TOKEN, NBOPT_NOTEBOOK, NBOPT_SCREENSHOT,
-// NBOPT_PRESSES). Prints one line of JSON on stdout; exits non-zero on failure.
+// NBOPT_PRESSES, NBOPT_KEY, NBOPT_FRONTEND). Prints one line of JSON on stdout; exits non-zero on failure.
 import { chromium } from 'playwright-core';
 
 const base = process.env.NBOPT_LAB_URL;
@@ -9,28 +10,38 @@ const token = process.env.NBOPT_TOKEN;
 const notebook = process.env.NBOPT_NOTEBOOK;
 const screenshot = process.env.NBOPT_SCREENSHOT;
 const presses = Number(process.env.NBOPT_PRESSES || '10');
-const log = (...a) => console.error(new Date().toISOString(), ...a);
+const key = process.env.NBOPT_KEY || 'ArrowRight';
+const frontend = process.env.NBOPT_FRONTEND || 'lab';
+const log = (...a) => console.error(new Date().toISOString(), frontend, ...a);
 
 const browser = await chromium.launch({
   executablePath: process.env.NBOPT_CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
 });
-const result = { presses };
-try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-  page.setDefaultTimeout(120000);
-  page.on('pageerror', (e) => log('pageerror', e.message));
-  await page.goto(`${base}/lab/tree/${notebook}?token=${token}&reset`);
-  await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
+const result = { presses, key, frontend };
+
+const kernelIdle = (page) => page.waitForFunction(
+  () => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle', null, { polling: 250 });
+
+// JupyterLab 4 or Notebook 7 (both expose window.jupyterapp): open the notebook, run all cells, wait until done.
+async function openAndRun(page) {
+  if (frontend === 'notebook') {  // Notebook 7: the file browser at /tree lists it; the notebook opens at /notebooks/
+    await page.goto(`${base}/tree?token=${token}`);
+    await page.locator('.jp-DirListing-item', { hasText: notebook }).first().waitFor();
+    result.tree_listed = true;
+    await page.goto(`${base}/notebooks/${notebook}?token=${token}`);
+  } else {
+    await page.goto(`${base}/lab/tree/${notebook}?token=${token}&reset`);
+    await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
+  }
   await page.waitForSelector('.jp-Notebook .jp-Cell');
-  // JupyterLab may ask which kernel to start: accept its proposal (the notebook's python3).
+  // The app may ask which kernel to start: accept its proposal (the notebook's python3).
   await page.waitForFunction(() => document.querySelector('.jp-Dialog') ||
     window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel, null, { polling: 250 });
   const accept = page.locator('.jp-Dialog .jp-mod-accept');
   if (await accept.count()) { log('kernel dialog: accepting', await page.locator('.jp-Dialog select').inputValue().catch(() => '?')); await accept.click(); }
-  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle',
-    null, { polling: 250 });
+  await kernelIdle(page);
   log('notebook open, kernel idle');
 
   // Run every cell, then wait until each code cell has an execution count and the kernel is idle.
@@ -42,8 +53,7 @@ try {
       const nb = window.jupyterapp.shell.currentWidget;
       const cells = nb && nb.content ? nb.content.widgets.filter((c) => c.model.type === 'code') : [];
       const done = cells.filter((c) => c.model.executionCount !== null && c.model.executionCount !== undefined);
-      const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-      return { total: cells.length, done: done.length, status: ind ? ind.getAttribute('data-status') : null };
+      return { total: cells.length, done: done.length, status: nb?.sessionContext?.session?.kernel?.status };
     });
     if (state.total > 0 && state.done === state.total && state.status === 'idle') break;
     if (Date.now() - lastReport > 10000) { log('running', JSON.stringify(state)); lastReport = Date.now(); }
@@ -51,7 +61,18 @@ try {
     await page.waitForTimeout(500);
   }
   log('notebook executed');
-  result.errors = await page.$$eval('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
+}
+
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page.setDefaultTimeout(120000);
+  page.on('pageerror', (e) => log('pageerror', e.message));
+  if (frontend === 'voila') {  // Voila executes the notebook when the page is requested and renders its outputs
+    await page.goto(`${base}/?token=${token}`);
+  } else {
+    await openAndRun(page);
+  }
+  result.errors = await page.$$eval('.jp-OutputArea-output',
     (els) => els.map((e) => e.textContent).filter((t) => t.includes('Traceback') || t.includes('Error')));
 
   const panel = page.locator('.nbopt-pruning-panel').first();
@@ -70,17 +91,23 @@ try {
                     accuracy: (await accuracy.textContent()).trim(), rows: await tableRows(), plot: await plotSrc() };
   log('before', result.before.valuenow, result.before.accuracy);
 
-  // Keyboard: focus the slider handle and press ArrowRight (each press is one event to the kernel).
+  if (frontend === 'notebook') {  // Notebook 7 runs its command-mode shortcuts before widgets see a key: record
+    await handle.focus();            // whether ArrowRight still reaches the slider (it did not in Notebook 7.6)
+    await page.keyboard.press('ArrowRight');
+    await page.waitForTimeout(500);
+    result.arrow_moved = (await handle.getAttribute('aria-valuenow')) !== result.before.valuenow;
+  }
+  // Keyboard: focus the slider handle and press the key (each press is one event to the kernel).
   await handle.focus();
-  for (let i = 0; i < presses; i++) await page.keyboard.press('ArrowRight');
+  for (let i = 0; i < presses; i++) await page.keyboard.press(key);
   const target = await handle.getAttribute('aria-valuenow');
-  log('pressed', presses, 'x ArrowRight; handle at', target);
+  log('pressed', presses, 'x', key, '; handle at', target);
   // Wait for the kernel's (debounced) update to reach the page: accuracy text changed and stable.
   await page.waitForFunction((before) => {
     const el = document.querySelector('.nbopt-pruning-panel .nbopt-accuracy');
     return el && el.textContent.trim() !== before;
   }, result.before.accuracy, { timeout: 120000, polling: 200 });
-  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  if (frontend !== 'voila') await kernelIdle(page);
   await page.waitForTimeout(1500);
   result.after = { valuenow: await handle.getAttribute('aria-valuenow'), readout: (await readout.textContent()).trim(),
                    accuracy: (await accuracy.textContent()).trim(), rows: await tableRows(),
@@ -88,7 +115,21 @@ try {
   result.headers = headers;
   log('after', result.after.valuenow, result.after.accuracy);
 
-  // Ask the kernel, independently of the panel, what this setting gives.
+  // JupyterLab: ask the kernel, independently of the panel, what this setting gives (the other front-ends'
+  // numbers are checked against the same computation in the test process).
+  if (frontend === 'lab') result.kernel = await kernelCheck(page);
+  await panel.screenshot({ path: screenshot });
+  result.screenshot = screenshot;
+  console.log(JSON.stringify(result));
+} catch (err) {
+  result.failure = String(err && err.stack || err);
+  console.log(JSON.stringify(result));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
+
+async function kernelCheck(page) {
   const code = `
 import json as _json
 _check = nbopt.Pruner(model, x, progress=False).set(amount=panel.amount.value)
@@ -104,7 +145,7 @@ print("NBOPT_JSON" + _json.dumps({
     "panel_accuracy": panel.accuracy,
     "updates": panel._debounced.calls,
 }))`;
-  result.kernel = await page.evaluate(async (source) => {
+  return page.evaluate(async (source) => {
     const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
     const future = kernel.requestExecute({ code: source, store_history: false });
     let out = '';
@@ -115,13 +156,4 @@ print("NBOPT_JSON" + _json.dumps({
     await future.done;
     return out;
   }, code);
-  await panel.screenshot({ path: screenshot });
-  result.screenshot = screenshot;
-  console.log(JSON.stringify(result));
-} catch (err) {
-  result.failure = String(err && err.stack || err);
-  console.log(JSON.stringify(result));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
 }
