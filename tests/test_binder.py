@@ -10,7 +10,9 @@ What is verified here (no Docker and no network beyond the package registries on
 - binder/postBuild is an executable bash script with ``set -e`` that installs the package from the repo
   without re-resolving dependencies, and passes ``bash -n``;
 - an interpreter with these requirements imports nbopt (this venv), and tests/test_notebooks.py executes
-  notebook 01 in a fresh kernel of it.
+  notebook 01 in a fresh kernel of it;
+- every notebook has a README launch link and its own badge made from the one slug in binder/github-slug
+  (``python binder/links.py --slug owner/name --write`` changes them all; tried here on a copy).
 """
 from __future__ import annotations
 
@@ -122,3 +124,50 @@ def test_repo2docker_renders_the_build():
     assert "./binder/postBuild" in out
     # with a binder/ folder, the root pyproject.toml is not installed by repo2docker itself
     assert "pip install --no-cache-dir ." not in out
+
+
+def _links_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("binder_links", BINDER / "links.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_notebook_has_a_launch_link_to_the_one_slug():
+    links = _links_module()
+    slug = links.read_slug()
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", slug)
+    readme = (ROOT / "README.md").read_text()
+    names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert names
+    for name in names:
+        url = f"https://mybinder.org/v2/gh/{slug}/HEAD?urlpath=lab/tree/notebooks/{name}"
+        assert url in readme, f"README.md lacks the Binder launch link for {name}"
+        assert url in (ROOT / "notebooks" / name).read_text(), f"{name} lacks its own Binder badge"
+    assert links.problems(slug) == []
+    # while the slug is the placeholder, the README says so next to the links
+    assert ("placeholders (`ORG/REPO`)" in readme) == (slug == links.PLACEHOLDER)
+
+
+def test_setting_the_slug_rewrites_every_link(tmp_path, monkeypatch):
+    """On a copy: --slug owner/name --write points README and notebooks at it and drops the placeholder note."""
+    links = _links_module()
+    (tmp_path / "binder").mkdir()
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".*"))
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copy(BINDER / "github-slug", tmp_path / "binder" / "github-slug")
+    monkeypatch.setattr(links, "ROOT", tmp_path)
+    monkeypatch.setattr(links, "SLUG_FILE", tmp_path / "binder" / "github-slug")
+    before = {p.name: json.loads(p.read_text()) for p in (tmp_path / "notebooks").glob("*.ipynb")}
+    original = links.read_slug()
+    assert links.main(["--slug", "octocat/nbopt", "--write"]) == 0
+    assert links.read_slug() == "octocat/nbopt" and links.problems("octocat/nbopt") == []
+    readme = (tmp_path / "README.md").read_text()
+    assert "placeholders" not in readme and "/gh/ORG/REPO/" not in readme
+    for p in (tmp_path / "notebooks").glob("*.ipynb"):  # still valid JSON, only the links changed
+        text = p.read_text().replace("/gh/octocat/nbopt/", f"/gh/{original}/")
+        assert json.loads(text) == before[p.name]
+    with pytest.raises(SystemExit):
+        links.main(["--slug", "not a slug"])
