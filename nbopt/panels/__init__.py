@@ -3,6 +3,10 @@
 ``ProfilePanel(profile)``, ``PruningPanel(model, inputs, evaluate=None)``,
 ``QuantizationPanel(model, calib, evaluate=None)``. Importing this package imports ipywidgets;
 the core (``nbopt.profile``, ``nbopt.pruning``, ``nbopt.quantization``) never does.
+
+They run in JupyterLab 4, Notebook 7 and Voila (tests/browser drives each with the keyboard). Notebook 7
+(7.6) gives its command-mode shortcuts the first look at every key, so arrow keys on a focused slider move
+the notebook cursor there; PageUp/PageDown/Home/End and the mouse move the slider.
 """
 from __future__ import annotations
 
