@@ -1,6 +1,7 @@
 """One way to accept model inputs: a tensor, a tuple of positional tensors, or a dict of kwargs."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -49,6 +50,15 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(v)
 
 
+def tensor_list(obj: Any) -> list[torch.Tensor]:
+    """:func:`tensors_in` as a list, with a fast path for the common ``(tensor,)`` (called per module)."""
+    if type(obj) is tuple and len(obj) == 1 and isinstance(obj[0], torch.Tensor):
+        return [obj[0]]
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    return list(tensors_in(obj))
+
+
 def check_finite(inputs: Any, what: str = "inputs") -> None:
     """Raise if a floating-point input holds NaN or Inf."""
     for t in tensors_in(inputs):
@@ -58,9 +68,8 @@ def check_finite(inputs: Any, what: str = "inputs") -> None:
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def check_device(model: nn.Module, inputs: Any) -> None:
@@ -82,10 +91,14 @@ def call(model: nn.Module, inputs: Any) -> Any:
     except (KeyboardInterrupt, NboptError):
         raise
     except Exception as exc:  # the model's own error: re-raise with the shapes that caused it
-        raise ForwardError(
-            f"{type(model).__name__} failed on inputs {describe_shapes(inputs)}: {describe_exception(exc)}. "
-            "Check the input shape, dtype and device the model expects."
-        ) from None
+        raise forward_error(model, inputs, exc) from None
+
+
+def forward_error(model: nn.Module, inputs: Any, exc: BaseException, where: str = "") -> ForwardError:
+    """The model's own failure, naming the input shapes (and ``where``: the layer, when known)."""
+    return ForwardError(
+        f"{type(model).__name__} failed on inputs {describe_shapes(inputs)}{where}: {describe_exception(exc)}. "
+        "Check the input shape, dtype and device the model expects.")
 
 
 def describe_shapes(inputs: Any) -> str:

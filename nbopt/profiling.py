@@ -12,16 +12,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from . import timing
-from .counting.attribution import OUTSIDE, ModuleNames, ModuleTracker, module_types, per_module_params
+from .counting.attribution import OUTSIDE, ModuleNames, ModuleTracker
 from .counting.counter import OpCounter
 from .counting.thop_engine import self_from_inclusive, thop_layer_macs
-from .errors import NboptError
-from .inputs import as_args, call, check_device, check_finite, check_module, describe_shapes, model_device
+from .errors import NboptError, describe_exception
+from .inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, forward_error,
+                     model_device)
 from .model_state import preserved, size_bytes
 
 ENGINES = ("aten", "thop")
@@ -179,16 +181,36 @@ def _on_meta(model: nn.Module) -> Iterator[None]:
             store[k] = t
 
 
+def _forward(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker) -> None:
+    """One forward; a failure is a ForwardError naming the inputs and the layer that raised."""
+    try:
+        model(*args, **kwargs)
+    except NboptError:
+        raise
+    except Exception as exc:
+        raise forward_error(model, (args, kwargs), exc, tracker.failed_at(exc)) from None
+
+
 def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, on_meta: bool) -> OpCounter:
-    counter = OpCounter(tracker)
-    margs, mkwargs = (_meta(args), _meta(kwargs)) if on_meta else (args, kwargs)
+    counter = OpCounter(tracker, meta=on_meta)
     with preserved(model, eval_mode=True), torch.no_grad(), tracker.active(), counter:
         if on_meta:
             with _on_meta(model):
-                model(*margs, **mkwargs)
+                model(*_meta(args), **_meta(kwargs))
         else:
-            call(model, mkwargs or margs)  # as_args gives one of the two, never both
+            _forward(model, args, kwargs, tracker)
     return counter
+
+
+def _meta_failure(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, exc: Exception,
+                  where: str) -> NboptError:
+    """Why a meta run failed: bad inputs (a real run fails too and raises its own ForwardError here) or a
+    model that needs real data (an op without a meta kernel, a branch on tensor values)."""
+    tracker = ModuleTracker(names)
+    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active():
+        _forward(model, args, kwargs, tracker)
+    return NboptError(f"this model cannot run on meta tensors{where} ({describe_exception(exc)}), though it runs "
+                      "on real ones; count it with execution='real' (or 'auto', which falls back by itself)")
 
 
 def _count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
@@ -197,9 +219,9 @@ def _count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames,
         tracker = _new_tracker(names, custom_ops, ignore_ops)
         try:
             return tracker, _run_counted(model, args, kwargs, tracker, on_meta=True), "meta"
-        except Exception as exc:  # an op without a meta kernel or a data-dependent branch: run it for real
+        except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
             if execution == "meta":
-                raise NboptError(f"this model cannot run on meta tensors ({exc}); use execution='real'") from None
+                raise _meta_failure(model, args, kwargs, names, exc, tracker.failed_at(exc)) from None
     tracker = _new_tracker(names, custom_ops, ignore_ops)
     return tracker, _run_counted(model, args, kwargs, tracker, on_meta=False), "real"
 
@@ -218,48 +240,58 @@ def _ancestors(name: str, present: set[str]) -> list[str]:
     return out
 
 
+def _inclusive(rows: list[str], own: list[float], ancestors: list[list[str]]) -> list:
+    """Own values plus those of every descendant."""
+    total = dict(zip(rows, own))
+    for v, ups in zip(own, ancestors):
+        for a in ups:
+            total[a] += v
+    return [total[n] for n in rows]
+
+
 def build_table(names: ModuleNames, tracker: ModuleTracker | None, own_macs: Mapping[str, float] | None = None,
                 own_flops: Mapping[str, float] | None = None, latencies: Mapping[str, float] | None = None
                 ) -> pd.DataFrame:
     """Assemble the per-module DataFrame (own and inclusive counts, latency, memory, intensity)."""
-    types = module_types(names)
-    params = per_module_params(names)
+    types, params = names.types, names.params
     stats = tracker.stats if tracker is not None else {}
     rows = list(types) + [n for n in stats if n not in types]
-    df = pd.DataFrame(index=pd.Index(rows, name="module"))
-    df["type"] = [types.get(n) or (stats[n].type if n in stats else "") for n in rows]
-    df["depth"] = [0 if n in ("(root)", OUTSIDE) else n.count(".") + (1 if "(root)" in types else 0)
-                   for n in rows]
-    df["calls"] = [stats[n].calls if n in stats else 0 for n in rows]
-    df["in_shape"] = [_fmt_shapes(stats[n].in_shapes) if n in stats else "" for n in rows]
-    df["out_shape"] = [_fmt_shapes(stats[n].out_shapes) if n in stats else "" for n in rows]
-    df["params"] = [params.get(n, 0) for n in rows]
+    present = set(rows)
+    ancestors = [_ancestors(n, present) for n in rows]
+    st = [stats.get(n) for n in rows]
+    has_root = 1 if "(root)" in types else 0
     src_macs = own_macs if own_macs is not None else {n: s.macs for n, s in stats.items()}
     src_flops = own_flops if own_flops is not None else {n: s.flops for n, s in stats.items()}
-    df["macs"] = [int(src_macs.get(n, 0)) for n in rows]
-    df["flops"] = [int(src_flops.get(n, 0)) for n in rows]
-    present = set(rows)
+    cols: dict[str, Any] = {
+        "type": [types.get(n) or (s.type if s else "") for n, s in zip(rows, st)],
+        "depth": [0 if n in ("(root)", OUTSIDE) else n.count(".") + has_root for n in rows],
+        "calls": [s.calls if s else 0 for s in st],
+        "in_shape": [_fmt_shapes(s.in_shapes) if s else "" for s in st],
+        "out_shape": [_fmt_shapes(s.out_shapes) if s else "" for s in st],
+        "params": [params.get(n, 0) for n in rows],
+        "macs": [int(src_macs.get(n, 0)) for n in rows],
+        "flops": [int(src_flops.get(n, 0)) for n in rows],
+    }
     for own in ("params", "macs", "flops"):
-        total = dict(zip(rows, df[own]))
-        for n, v in zip(rows, df[own]):
-            for a in _ancestors(n, present):
-                total[a] += v
-        df[f"{own}_total"] = [total[n] for n in rows]
-    total_macs = int(df["macs"].sum())
-    df["share"] = df["macs"] / total_macs if total_macs else 0.0
+        cols[f"{own}_total"] = _inclusive(rows, cols[own], ancestors)
+    total_macs = sum(cols["macs"])
+    macs = np.asarray(cols["macs"], dtype=np.int64)
+    cols["share"] = macs / total_macs if total_macs else np.zeros(len(rows))
     lat = latencies or {}
-    df["latency_ms"] = [lat.get(n, math.nan) for n in rows]
-    child_lat = {n: 0.0 for n in rows}
-    for n in rows:
-        parent = _ancestors(n, present)[:1]
-        if parent and n in lat:
-            child_lat[parent[0]] += lat[n]
-    df["self_latency_ms"] = [lat[n] - child_lat[n] if n in lat else math.nan for n in rows]
-    df["out_bytes"] = [stats[n].out_bytes if n in stats else 0 for n in rows]
-    moved = [(stats[n].in_bytes + stats[n].out_bytes if n in stats else 0) for n in rows]
-    param_bytes = df["params_total"] * 4
-    df["intensity"] = df["flops_total"] / (pd.Series(moved, index=df.index) + param_bytes).where(lambda s: s > 0)
-    df["gflops_per_s"] = df["flops_total"] / (df["latency_ms"] * 1e6)
+    cols["latency_ms"] = np.array([lat.get(n, math.nan) for n in rows], dtype=float)
+    child_lat = dict.fromkeys(rows, 0.0)
+    for n, ups in zip(rows, ancestors):
+        if ups and n in lat:
+            child_lat[ups[0]] += lat[n]
+    cols["self_latency_ms"] = [lat[n] - child_lat[n] if n in lat else math.nan for n in rows]
+    cols["out_bytes"] = [s.out_bytes if s else 0 for s in st]
+    moved = np.array([s.in_bytes + s.out_bytes if s else 0 for s in st], dtype=float)
+    moved += np.asarray(cols["params_total"], dtype=float) * 4
+    flops_total = np.asarray(cols["flops_total"], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols["intensity"] = np.where(moved > 0, flops_total / np.where(moved > 0, moved, 1.0), math.nan)
+        cols["gflops_per_s"] = flops_total / (cols["latency_ms"] * 1e6)
+    df = pd.DataFrame(cols, index=pd.Index(rows, name="module"))
     return df[COLUMNS]
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from ..inputs import tensors_in
+from ..inputs import describe_shapes, tensor_list
 
 OUTSIDE = "(outside modules)"
 
@@ -35,12 +35,12 @@ class ModuleStats:
     out_bytes: int = 0
 
 
-def _shapes(obj: Any) -> list:
-    return [tuple(t.shape) for t in tensors_in(obj)]
+def _shapes(tensors: list[torch.Tensor]) -> list:
+    return [tuple(t.shape) for t in tensors]
 
 
-def _bytes(obj: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors_in(obj))
+def _bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _call_kwargs() -> dict:
@@ -56,17 +56,32 @@ def _call_kwargs() -> dict:
 
 
 class ModuleNames:
-    """Qualified names for the modules of one or more root models (shared modules keep their first name)."""
+    """Qualified names for the modules of one or more root models (shared modules keep their first name).
+
+    One walk over each root also records every module's type and the parameters it holds directly
+    (``types``, ``params``); a parameter shared by several modules counts once, for the first.
+    """
 
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
         self.roots: list[tuple[str, nn.Module]] = []
+        self.types: dict[str, str] = {}
+        self.params: dict[str, int] = {}
+        self._seen_params: set[int] = set()
 
     def add_root(self, model: nn.Module, prefix: str = "") -> None:
         self.roots.append((prefix, model))
+        seen = self._seen_params
         for name, m in model.named_modules():
             full = ".".join(p for p in (prefix, name) if p) or "(root)"
             self.names.setdefault(id(m), full)
+            self.types.setdefault(full, type(m).__name__)
+            own = 0
+            for p in m._parameters.values():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    own += p.numel()
+            self.params[full] = self.params.get(full, 0) + own
 
     def name(self, module: nn.Module, parent: str | None) -> str:
         known = self.names.get(id(module))
@@ -100,6 +115,7 @@ class ModuleTracker:
         self._suppress_flags: list[bool] = []
         self.record_root_calls = False
         self.root_calls: list[tuple[nn.Module, tuple, dict]] = []
+        self.failure: tuple[BaseException, str, str, str] | None = None  # (error, module, type, its inputs)
 
     @property
     def current(self) -> str:
@@ -135,9 +151,10 @@ class ModuleTracker:
         name = self.names.name(module, self.stack[-1][1] if self.stack else None)
         st = self.stats_for(name, module)
         st.calls += 1
+        tensors = tensor_list(args)
         if not st.in_shapes:
-            st.in_shapes = _shapes(args)
-        st.in_bytes += _bytes(args)
+            st.in_shapes = _shapes(tensors)
+        st.in_bytes += _bytes(tensors)
         suppress = isinstance(module, self.suppress_types) if self.suppress_types else False
         self.suppressed += suppress
         self.stack.append((module, name, True))
@@ -151,12 +168,28 @@ class ModuleTracker:
             return
         self.suppressed -= self._suppress_flags.pop()
         st = self.stats[name]
-        if output is not None:
-            if not st.out_shapes:
-                st.out_shapes = _shapes(output)
-            st.out_bytes += _bytes(output)
-            if self.on_exit is not None:
-                self.on_exit(module, st, args, output)
+        if output is None:
+            self._note_failure(module, name, args)
+            return
+        tensors = tensor_list(output)
+        if not st.out_shapes:
+            st.out_shapes = _shapes(tensors)
+        st.out_bytes += _bytes(tensors)
+        if self.on_exit is not None:
+            self.on_exit(module, st, args, output)
+
+    def _note_failure(self, module: nn.Module, name: str, args: tuple) -> None:
+        """Remember the innermost module an exception is leaving (hooks run inner to outer as it unwinds)."""
+        exc = sys.exc_info()[1]
+        if exc is not None and (self.failure is None or self.failure[0] is not exc):
+            self.failure = (exc, name, type(module).__name__, describe_shapes(args))
+
+    def failed_at(self, exc: BaseException) -> str:
+        """`` at layer 'name' (Type, given shapes)`` for the layer that raised ``exc``; "" for the root."""
+        if self.failure is None or self.failure[0] is not exc or self.failure[1] == "(root)":
+            return ""
+        _, name, type_name, shapes = self.failure
+        return f" at layer '{name}' ({type_name}, given {shapes})"
 
     @contextlib.contextmanager
     def active(self) -> Iterator["ModuleTracker"]:
@@ -176,23 +209,9 @@ class ModuleTracker:
 
 def per_module_params(names: ModuleNames) -> dict[str, int]:
     """Parameters held directly by each module; a parameter shared by several modules counts once."""
-    seen: set[int] = set()
-    out: dict[str, int] = {}
-    for prefix, root in names.roots:
-        for name, m in root.named_modules():
-            full = ".".join(p for p in (prefix, name) if p) or "(root)"
-            n = 0
-            for p in m.parameters(recurse=False):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    n += p.numel()
-            out[full] = out.get(full, 0) + n
-    return out
+    return dict(names.params)
 
 
 def module_types(names: ModuleNames) -> dict[str, str]:
-    out = {}
-    for prefix, root in names.roots:
-        for name, m in root.named_modules():
-            out.setdefault(".".join(p for p in (prefix, name) if p) or "(root)", type(m).__name__)
-    return out
+    """Type name of every module of the roots, by qualified name."""
+    return dict(names.types)

@@ -2,58 +2,126 @@
 
 Counting happens in a ``TorchDispatchMode`` that is entered for one call and exited in ``finally``, so it
 never outlives the call. Composite ops that reach the mode undecomposed (as under ``inference_mode``) are
-decomposed first, so grad, no_grad and inference_mode give the same numbers.
+decomposed first, so grad, no_grad and inference_mode give the same numbers. How each op overload is
+handled is worked out once per counter (:class:`_Plan`), not on every call.
 """
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attribution import ModuleTracker
-from .formulas import FORMULAS, ZERO_COST, Cost, is_pointwise, is_view, pointwise_cost
+from .fast_meta import fast_meta
+from .formulas import FORMULAS, ZERO_COST, Cost, Formula, is_pointwise, is_view, pointwise_cost
 
 _COMPOSITE = "CompositeImplicitAutograd"
+aten = torch.ops.aten
+
+# Meta kernels skip some dtype checks that the CPU/CUDA kernels make; a meta run checks them itself so that
+# it rejects what a real run would. Ops whose tensor arguments must share one dtype:
+_SAME_DTYPE = {aten.convolution, aten._convolution, aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.mv,
+               aten.addmv}
+# ... and ops whose input must be floating point:
+_FLOAT_INPUT = {aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_no_training,
+                aten.native_layer_norm, aten.native_group_norm}
+
+FREE, FORMULA, DECOMPOSE, UNCOUNTED = "free", "formula", "decompose", "uncounted"
+
+
+class _Plan(NamedTuple):
+    """What to do with one op overload: ``kind``; for DECOMPOSE, ``fallback`` when it will not decompose."""
+
+    kind: str
+    formula: Formula | None
+    name: str
+    fallback: "_Plan | None" = None
+    dtype_rule: str | None = None
+    fast: Callable[[tuple, dict], Any] | None = None  # quick output on meta tensors
 
 
 def _has_composite(func: Any) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts MACs/FLOPs of every ATen op and hands them to ``tracker`` for attribution."""
+def _run_plan(func: Any) -> _Plan:
+    """How to count ``func`` once it runs as itself."""
+    packet = func.overloadpacket
+    rule = "same" if packet in _SAME_DTYPE else "float" if packet in _FLOAT_INPUT else None
+    formula = FORMULAS.get(packet)
+    if formula is not None:
+        return _Plan(FORMULA, formula, str(packet), dtype_rule=rule, fast=fast_meta(packet))
+    if packet in ZERO_COST or is_view(func):
+        return _Plan(FREE, None, str(packet))
+    if is_pointwise(func):
+        return _Plan(FORMULA, pointwise_cost, str(packet), fast=fast_meta(packet))
+    return _Plan(UNCOUNTED, None, str(packet))
 
-    def __init__(self, tracker: ModuleTracker) -> None:
+
+def make_plan(func: Any) -> _Plan:
+    """Composite ops without a formula are decomposed (their parts are counted); the rest run as themselves."""
+    plan = _run_plan(func)
+    if plan.kind != FREE and func.overloadpacket not in FORMULAS and _has_composite(func):
+        return _Plan(DECOMPOSE, None, plan.name, fallback=plan)
+    return plan
+
+
+def check_dtypes(plan: _Plan, args: tuple) -> None:
+    """Raise the dtype errors a CPU kernel would raise, for ops whose meta kernel does not check them."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if plan.dtype_rule == "same" and len({t.dtype for t in tensors}) > 1:
+        got = ", ".join(str(t.dtype).replace("torch.", "") for t in tensors)
+        raise RuntimeError(f"{plan.name} expects its tensors to share one dtype, got {got}")
+    if plan.dtype_rule == "float" and tensors and not tensors[0].is_floating_point():
+        raise RuntimeError(f"{plan.name} is not implemented for {tensors[0].dtype} input")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts MACs/FLOPs of every ATen op and hands them to ``tracker`` for attribution.
+
+    ``meta=True`` (a run on meta tensors) adds the dtype checks that meta kernels leave out and makes the
+    outputs of ops with slow meta kernels directly (:mod:`.fast_meta`).
+    """
+
+    def __init__(self, tracker: ModuleTracker, *, meta: bool = False) -> None:
         super().__init__()
         self.tracker = tracker
+        self.meta = meta
         self.uncounted: collections.Counter[str] = collections.Counter()
         self.counted_calls = 0
         self.op_costs: collections.Counter[str] = collections.Counter()  # MACs by op, for the curious
+        self._plans: dict[Any, _Plan] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        packet = func.overloadpacket
-        formula = FORMULAS.get(packet)
-        if formula is None and packet not in ZERO_COST and _has_composite(func) and not is_view(func):
+        plan = self._plans.get(func)
+        if plan is None:
+            plan = self._plans[func] = make_plan(func)
+        if plan.kind == DECOMPOSE:
             with self:  # count the parts of a composite op (inference_mode hands them to us whole)
                 result = func.decompose(*args, **kwargs)
             if result is not NotImplemented:
                 return result
-        out = func(*args, **kwargs)
-        if formula is not None:
-            cost = formula(args, kwargs, out)
-        elif packet in ZERO_COST or is_view(func):
+            plan = plan.fallback
+        out = NotImplemented
+        if self.meta:
+            if plan.dtype_rule:
+                check_dtypes(plan, args)
+            if plan.fast is not None:
+                out = plan.fast(args, kwargs)
+        if out is NotImplemented:
+            out = func(*args, **kwargs)
+        if plan.kind == FREE:
             return out
-        elif is_pointwise(func):
-            cost = pointwise_cost(args, kwargs, out)
-        else:
-            self.uncounted[str(packet)] += 1
+        if plan.kind == UNCOUNTED:
+            self.uncounted[plan.name] += 1
             return out
+        cost = plan.formula(args, kwargs, out)
         self.counted_calls += 1
         if not self.tracker.suppressed:
-            self.op_costs[str(packet)] += cost.macs
+            self.op_costs[plan.name] += cost.macs
         self.tracker.add(cost.macs, cost.flops)
         return out
 

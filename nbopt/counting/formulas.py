@@ -81,18 +81,40 @@ def _first(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-# --- GEMM-like: delegate to PyTorch's own flop formulas (they return FLOPs = 2 * MACs) ----------------
-def _torch_registry(packet: Any) -> Formula:
-    torch_fn = _fc.flop_registry[packet]
-
-    def formula(args: tuple, kwargs: dict, out: Any) -> Cost:
-        flops = int(torch_fn(*args, **kwargs, out_val=out))
-        return Cost(flops // 2, flops)
-    return formula
+# --- GEMM-like: PyTorch's flop_counter conventions, read straight off the shapes (FLOPs = 2 * MACs) ------
+def _gemm(macs: int) -> Cost:
+    return Cost(macs, 2 * macs)
 
 
-for _op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten._convolution):
-    FORMULAS[_op] = _torch_registry(_op)
+@_formula(aten.mm)
+def _mm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    (m, k), n = args[0].shape, args[1].shape[1]
+    return _gemm(m * k * n)
+
+
+@_formula(aten.addmm)
+def _addmm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    (m, k), n = args[1].shape, args[2].shape[1]
+    return _gemm(m * k * n)
+
+
+@_formula(aten.bmm)
+def _bmm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    (b, m, k), n = args[0].shape, args[1].shape[2]
+    return _gemm(b * m * k * n)
+
+
+@_formula(aten.baddbmm)
+def _baddbmm(args: tuple, kwargs: dict, out: Any) -> Cost:
+    (b, m, k), n = args[1].shape, args[2].shape[2]
+    return _gemm(b * m * k * n)
+
+
+@_formula(aten.convolution, aten._convolution)
+def _conv(args: tuple, kwargs: dict, out: Any) -> Cost:
+    """Every kind (grouped, dilated, strided, transposed): torch.utils.flop_counter's own count."""
+    transposed = bool(args[6]) if len(args) > 6 else bool(kwargs.get("transposed", False))
+    return _gemm(_fc.conv_flop_count(args[0].shape, args[1].shape, out.shape, transposed=transposed) // 2)
 
 
 def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
