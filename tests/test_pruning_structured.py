@@ -14,6 +14,7 @@ from nbopt.errors import NboptError
 from nbopt.model_state import same_state, state_fingerprint
 from nbopt.profiling import profile
 from nbopt.pruning import Pruner
+from nbopt.pruning.heads import PrunedMultiheadAttention
 
 SLOW = pytest.mark.skipif(not os.environ.get("NBOPT_SLOW"), reason="big torchvision models: set NBOPT_SLOW=1")
 
@@ -75,6 +76,8 @@ def test_big_torchvision_models(name, size):
     if name == "vit_b_16":
         assert small.encoder.layers[0].mlp[0].out_features < 3072  # MLP widths shrink
         assert any("LayerNorm" in b.reason for b in p.blocked)  # residual stream left whole, and said so
+        attn = small.encoder.layers[0].self_attention
+        assert isinstance(attn, PrunedMultiheadAttention) and attn.num_heads == 12 - round(0.3 * 12)
 
 
 def test_global_structured_and_threshold(demo_model):
@@ -148,3 +151,65 @@ def test_incremental_settings_equal_a_fresh_pruner(demo_model):
     assert same_state(walker.model, original)
     walker.set(amount=0.6, structured=True).set(amount=0.0)
     assert same_state(walker.model, original)
+
+
+def test_small_vision_transformer_heads():
+    """Heads go whole (not rounded to 8), the preview equals the export, attention MACs fall with the heads."""
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                              num_classes=10)
+    nn.init.normal_(model.heads.head.weight)  # a non-zero output, so preview == export says something
+    small, p = check_structured(model, torch.randn(2, 3, 32, 32))
+    attn = small.encoder.layers[1].self_attention
+    assert isinstance(attn, PrunedMultiheadAttention) and (attn.num_heads, attn.head_dim) == (2, 8)
+    assert attn.in_proj.out_features == 3 * 16 and attn.out_proj.in_features == 16
+    assert p._kept["encoder.layers.encoder_layer_1.self_attention.out_proj"] == 2
+    before = profile(model, torch.randn(2, 3, 32, 32), latency=False).table["macs"]
+    after = profile(small, torch.randn(2, 3, 32, 32), latency=False).table["macs"]
+    name = "encoder.layers.encoder_layer_1.self_attention"
+    assert after[name] * 2 == before[name]  # projections and attention both scale with the heads kept
+
+
+class TinyTextEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+def test_transformer_encoder_layers_lose_heads_and_mlp_width():
+    torch.manual_seed(0)
+    model = TinyTextEncoder().eval()
+    x = torch.randn(3, 7, 32)
+    small, p = check_structured(model, x)
+    layer = small.encoder.layers[0]
+    assert isinstance(layer.self_attn, PrunedMultiheadAttention) and layer.self_attn.num_heads == 2
+    assert layer.linear1.out_features == 32 and layer.linear2.in_features == 32
+    with torch.no_grad():
+        p.set(amount=0.0, structured=True)
+        assert torch.equal(p.model(x), model(x))  # sliding back restores the attention exactly
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pruned_attention_with_every_head_is_multihead_attention(batch_first):
+    """All heads kept: same outputs and weights as nn.MultiheadAttention, with masks and cross-attention."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    pruned = PrunedMultiheadAttention(mha, torch.arange(4)).eval()
+    q, kv = torch.randn(5, 3, 16), torch.randn(7, 3, 16)
+    if batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[:, -2:] = True
+    cases = [{}, {"need_weights": False}, {"key_padding_mask": padding}, {"average_attn_weights": False},
+             {"attn_mask": torch.randn(4 * 3, 5, 7), "need_weights": False}]
+    with torch.no_grad():
+        for kw in cases:
+            (o1, w1), (o2, w2) = mha(q, kv, kv, **kw), pruned(q, kv, kv, **kw)
+            assert torch.allclose(o1, o2, atol=1e-6), kw
+            assert (w1 is None) == (w2 is None) and (w1 is None or torch.allclose(w1, w2, atol=1e-6)), kw

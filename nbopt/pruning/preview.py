@@ -30,9 +30,19 @@ def removed_slices(groups: list[ChannelGroup], kept: dict[str, int]) -> dict[Key
                 continue  # depthwise/grouped input side: its output rows follow as an ``out`` member
             key = (m, dim)
             if key not in flags:
-                flags[key] = torch.zeros(m.weight.shape[dim], dtype=torch.bool)
+                flags[key] = torch.zeros(weight(m).shape[dim], dtype=torch.bool)
             flags[key][mem.idx[root_flag[mem.root]]] = True
     return flags
+
+
+def weight(m: nn.Module) -> torch.Tensor:
+    """The weight whose rows/columns a group member slices (q/k/v projections for attention)."""
+    return m.in_proj_weight if isinstance(m, nn.MultiheadAttention) else m.weight
+
+
+def bias(m: nn.Module) -> torch.Tensor | None:
+    """The bias that follows the weight's rows."""
+    return m.in_proj_bias if isinstance(m, nn.MultiheadAttention) else getattr(m, "bias", None)
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -72,7 +82,8 @@ class ChannelPreview:
 
     def _diff(self, m: nn.Module, dim: int, new: dict[Key, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Indices along ``dim``: removed by the new setting, coming back, newly removed."""
-        size = m.weight.shape[dim] if m.weight.dim() > dim else 0
+        w = weight(m)
+        size = w.shape[dim] if w.dim() > dim else 0
         empty = torch.zeros(size, dtype=torch.bool)
         old_f, new_f = self._flags.get((m, dim), empty), new.get((m, dim), empty)
         return _where(new_f), _where(old_f & ~new_f), _where(new_f & ~old_f)
@@ -82,8 +93,8 @@ class ChannelPreview:
         cols, cols_back, cols_gone = self._diff(m, 1, new)
         if not (len(rows_back) or len(rows_gone) or len(cols_back) or len(cols_gone)):
             return
-        w, orig = m.weight.data, self._original(m.weight)  # saved before the first change
-        b = getattr(m, "bias", None)
+        w, orig = weight(m).data, self._original(weight(m))  # saved before the first change
+        b = bias(m)
         orig_b = None if b is None else self._original(b)
         if len(rows_back):  # restored rows keep the columns that stay removed at zero
             w.index_copy_(0, rows_back, orig.index_select(0, rows_back).index_fill_(1, cols, 0)

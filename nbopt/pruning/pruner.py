@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import NboptError
 from ..inputs import call, check_device, check_finite, check_module
 from ..model_state import preserved, working_copy
+from . import heads as H
 from . import structured as S
 from .preview import ChannelPreview, removed_slices
 from .masks import LayerMask, build_masks, check_finite_parameters, check_names, global_counts, prunable_layers
@@ -177,6 +178,7 @@ class Pruner:
             self.reset()
             with preserved(self.model, eval_mode=True):
                 groups, blocked = S.build_groups(self.model, self.example_inputs, set(self._masks), self.criterion)
+            groups += H.head_groups(self.model, set(self._masks), self.criterion)
             explicit = [b for b in blocked if self._explicit_layers and b.root in self._explicit_layers]
             if explicit:
                 b = explicit[0]
@@ -241,6 +243,7 @@ class Pruner:
             with preserved(model, eval_mode=True):
                 try:
                     S.remove_channels(model, self.example_inputs, groups, self._kept, set(self._masks))
+                    H.remove_heads(model, groups, self._kept)
                 except NboptError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - surface which model failed and the way out

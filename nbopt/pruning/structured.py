@@ -53,6 +53,7 @@ class ChannelGroup:
     scores: torch.Tensor  # importance normalised to mean 1, in ``order``
     members: list[Member] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    heads: bool = False  # channels are attention heads (kept counts are not rounded)
 
 
 @dataclass
@@ -188,7 +189,7 @@ def plan(groups: list[ChannelGroup], *, amount: float | None, threshold: float |
     for g in groups:
         if g.root in overrides:
             n_prune[g.root] = round(overrides[g.root] * g.channels)
-    return {g.root: kept_channels(g.channels, n_prune.get(g.root, 0), round_to) for g in groups}
+    return {g.root: kept_channels(g.channels, n_prune.get(g.root, 0), 1 if g.heads else round_to) for g in groups}
 
 
 def pruned_indices(group: ChannelGroup, kept: int) -> torch.Tensor:
@@ -201,7 +202,7 @@ def remove_channels(model: nn.Module, example_inputs: Any, groups: list[ChannelG
     """Physically remove the planned channels from ``model`` (in place; pass a copy)."""
     dg = build_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
-    by_root = {g.root: g for g in groups}
+    by_root = {g.root: g for g in groups if not g.heads}
     roots = [m for m, n in names.items() if n in by_root and kept[n] < by_root[n].channels]
     ignored = output_layers(dg) + [m for m, n in names.items() if isinstance(m, _CONV + (nn.Linear,))
                                    and n not in allowed]
