@@ -1,42 +1,54 @@
 """Does pruning make models faster? Structured vs unstructured against the dense model, one interleaved run.
 
-    python benchmarks/prune_speedup.py                 # resnet50 + mobilenet_v2 at 224, a few minutes on 2 cores
-    python benchmarks/prune_speedup.py --models mobilenet_v2 --size 160 --repeat 3
+    python benchmarks/prune_speedup.py                 # resnet50 + mobilenet_v2 at 224, 2 threads
+    python benchmarks/prune_speedup.py --threads 1     # the same with one thread
+    python benchmarks/prune_speedup.py --models mobilenet_v2 --size 160 --repeat 3 --no-int8
 
 Prints, per model and batch size, the MACs ratio (profiler count, dense / pruned) and the measured latency
-ratio (median of interleaved runs, each model in its faster memory format: contiguous or channels_last),
-and the latency ratio as a fraction of the MACs ratio. Then the time a ``Pruner.set`` call takes on resnet50.
+ratio (median of interleaved runs), and the latency ratio as a fraction of the MACs ratio. Every variant,
+dense included, is timed in its deployment form: BatchNorm folded into the convolutions
+(``nbopt.deployment.fuse``), in whichever memory format is faster for it (contiguous or channels_last; the
+table says which). Unstructured variants keep dense kernels, so they are shown to be no faster. At batch 1
+the structured 50% model is also quantized to int8 (``nbopt.quantize(..., mode="int8")``) and timed
+against the dense fp32 model. ``Pruner.set`` timing lives in ``benchmarks/pruner_set_speed.py``.
 Random weights: speed does not depend on the values, and no pretrained weights can be downloaded here.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torchvision
 
+from nbopt.deployment.fuse import fuse
 from nbopt.profiling import profile
 from nbopt.pruning import Pruner
+from nbopt.quantization import quantize
 from nbopt.timing import compare
 
 
-def variants(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.nn.Module]:
-    """dense, structured 30/50% of channels, unstructured 50/90% of weights (all eval mode)."""
-    pruner = Pruner(model, x, progress=False)
+def variants(model: torch.nn.Module, x: torch.Tensor, round_to: int) -> dict[str, torch.nn.Module]:
+    """dense, structured 30/50% of channels, unstructured 50/90% of weights; BatchNorm folded, eval mode."""
+    pruner = Pruner(model, x, round_to=round_to, progress=False)
     out = {"dense": model}
     for a in (0.3, 0.5):
-        out[f"structured {a:.0%}"] = pruner.set(amount=a, structured=True, scope="layer").export().eval()
+        out[f"structured {a:.0%}"] = pruner.set(amount=a, structured=True, scope="layer").export()
     for a in (0.5, 0.9):
-        out[f"unstructured {a:.0%}"] = pruner.set(amount=a).export().eval()
-    return out
+        out[f"unstructured {a:.0%}"] = pruner.set(amount=a).export()
+    return {k: fuse(m.eval(), x, measure=False).model for k, m in out.items()}
 
 
-def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int) -> dict[str, tuple[float, str]]:
+def int8_variant(model: torch.nn.Module, x: torch.Tensor, backend: str) -> torch.nn.Module:
+    """``model`` quantized to int8 with real int8 kernels, calibrated on a few random images."""
+    calib = [torch.randn_like(x) for _ in range(4)]
+    return quantize(model, calib, mode="int8", backend=backend, progress=False, repeat=3).model
+
+
+def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int,
+                        int8: torch.nn.Module | None = None) -> dict[str, tuple[float, str]]:
     """Median ms of every model in both memory formats, interleaved; keep each model's faster one."""
-    fns = {}
+    fns = {("int8", "its own program"): (lambda: int8(x))} if int8 is not None else {}
     for name, m in models.items():
         fns[(name, "contiguous")] = (lambda m=m: m(x))
         m_cl = copy.deepcopy(m).to(memory_format=torch.channels_last)  # same weights, NHWC
@@ -50,46 +62,28 @@ def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, rep
     return best
 
 
-def speed_table(name: str, size: int, batches: list[int], repeat: int) -> list[str]:
+def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to: int, int8: str | None) -> None:
+    """One table row per variant and batch size (printed as it is measured)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
-    models = variants(model, torch.randn(1, 3, size, size))
-    lines = []
+    x1 = torch.randn(1, 3, size, size)
+    models = variants(model, x1, round_to)
+    quantized = int8_variant(models["structured 50%"], x1, int8) if int8 else None
     for b in batches:
         x = torch.randn(b, 3, size, size)
         macs = {k: profile(m, x, latency=False).total_macs for k, m in models.items()}
         with torch.no_grad():
-            best = best_format_timings(models, x, repeat)
+            best = best_format_timings(models, x, repeat, quantized if b == 1 else None)
         base_ms = best["dense"][0]
         for k in models:
             mr, lr = macs["dense"] / macs[k], base_ms / best[k][0]
-            lines.append(f"| {name} | {b} | {k} | {macs[k] / 1e9:.2f} | {mr:.2f}x | {best[k][0]:.1f} ({best[k][1]}) "
-                         f"| {lr:.2f}x | {lr / mr:.0%} |")
-            print(lines[-1], flush=True)
-    return lines
-
-
-def set_timing(size: int) -> list[str]:
-    """Wall time of Pruner.set on resnet50 while sliding through amounts (what a slider does)."""
-    model = torchvision.models.resnet50().eval()
-    t0 = time.perf_counter()
-    pruner = Pruner(model, torch.randn(1, 3, size, size), progress=False)
-    prep = time.perf_counter() - t0
-    lines = [f"Pruner(resnet50) preparation: {prep:.1f} s (sorts 25.5M weight magnitudes once)"]
-    amounts = [0.05 * i for i in range(1, 19)] + [0.5, 0.45, 0.0]
-    for label, kw in [("unstructured global", {}), ("unstructured layer", {"scope": "layer"}),
-                      ("structured layer", {"structured": True, "scope": "layer"})]:
-        pruner.set(amount=0.1, **kw)  # first structured call traces the dependency groups once
-        ms, cpu = [], []
-        for a in amounts:
-            t0, c0 = time.perf_counter(), time.process_time()
-            pruner.set(amount=a, **kw)
-            ms.append((time.perf_counter() - t0) * 1e3)
-            cpu.append((time.process_time() - c0) * 1e3)
-        lines.append(f"Pruner.set({label}) over {len(amounts)} slider steps: wall median {statistics.median(ms):.1f} ms "
-                     f"(max {max(ms):.1f}), CPU time median {statistics.median(cpu):.1f} ms (all threads)")
-        print(lines[-1], flush=True)
-    return lines
+            eff = "— (dense kernels)" if k.startswith("unstructured") else f"{lr / mr:.0%}"
+            print(f"| {name} | {b} | {k} | {macs[k] / 1e9:.2f} | {mr:.2f}x | {best[k][0]:.1f} ({best[k][1]}) "
+                  f"| {lr:.2f}x | {eff} |", flush=True)
+        if "int8" in best:
+            mr, lr = macs["dense"] / macs["structured 50%"], base_ms / best["int8"][0]
+            print(f"| {name} | {b} | structured 50% + int8 vs dense fp32 | {macs['structured 50%'] / 1e9:.2f} "
+                  f"| {mr:.2f}x | {best['int8'][0]:.1f} ({best['int8'][1]}) | {lr:.2f}x | (goal 7x) |", flush=True)
 
 
 def main() -> None:
@@ -100,17 +94,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 gives steadier ratios on a shared, loaded machine)")
-    parser.add_argument("--no-set-timing", action="store_true", help="skip the Pruner.set timing")
+    parser.add_argument("--round-to", type=int, default=8, help="kept channel counts rounded up to multiples of this")
+    parser.add_argument("--int8-backend", default="auto", choices=["auto", "pt2e", "onnxruntime"])
+    parser.add_argument("--no-int8", action="store_true", help="skip the structured 50%% + int8 row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}x{args.size}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}x{args.size}, "
+          f"channel counts rounded to multiples of {args.round_to}, BatchNorm folded in every variant")
     print("| model | batch | variant | GMACs | MACs ratio | latency ms (format) | latency ratio | latency/MACs |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        speed_table(name, args.size, args.batches, args.repeat)
-    if not args.no_set_timing:
-        set_timing(args.size)
+        speed_table(name, args.size, args.batches, args.repeat, args.round_to,
+                    None if args.no_int8 else args.int8_backend)
+    print("Unstructured rows: the zeros are still multiplied by dense kernels, so expect ~1.00x (any spread is noise).")
 
 
 if __name__ == "__main__":
