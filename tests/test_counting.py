@@ -133,3 +133,37 @@ def test_same_numbers_under_grad_no_grad_inference_mode():
     assert results[0] == results[1] == results[2]
     meta = nbopt.profile(model, x, latency=False, execution="meta")
     assert meta.total_macs == results[0][0]
+
+
+def _activations_net() -> nn.Module:
+    """Batch norm and every activation with a quick meta output, in-place and not."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Hardswish(inplace=True), nn.Hardsigmoid(),
+                         nn.ReLU(), nn.ReLU6(inplace=True), nn.GELU(approximate="tanh"), nn.SiLU(inplace=True),
+                         nn.Tanh(), nn.LeakyReLU(0.1), nn.ELU(), nn.Mish(), nn.Sigmoid(), nn.BatchNorm2d(8),
+                         nn.Flatten(), nn.Linear(8 * 6 * 6, 4), nn.BatchNorm1d(4)).eval()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_meta_run_gives_the_real_runs_table(layout, dtype):
+    """Meta execution (quick outputs for batch norm and activations) = a real run: counts, shapes, bytes."""
+    torch.manual_seed(0)
+    model = _activations_net().to(dtype)
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    if layout == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    cols = ["macs", "flops", "in_shape", "out_shape", "out_bytes", "calls"]
+    meta = nbopt.profile(model, x, latency=False, execution="meta")
+    real = nbopt.profile(model, x, latency=False, execution="real")
+    assert meta.execution == "meta" and real.execution == "real"
+    assert meta.table[cols].equals(real.table[cols])
+    assert meta.total_macs == 2 * (8 * 6 * 6 * 3 * 9 + 8 * 6 * 6 * 4)
+
+
+def test_meta_batch_norm_with_wrong_channels_fails_like_a_real_run():
+    model = nn.Sequential(nn.Flatten(0, 0), nn.BatchNorm2d(4)).eval()  # batch norm first: no conv checks before
+    for execution in ("meta", "real"):
+        with pytest.raises(nbopt.NboptError, match=r"^Sequential failed on inputs \(2, 3, 5, 5\) float32 at layer "
+                                                   r"'1' \(BatchNorm2d, given \(2, 3, 5, 5\) float32\): RuntimeError: "
+                                                   r"running_mean should contain 3 elements not 4\."):
+            nbopt.profile(model, torch.randn(2, 3, 5, 5), latency=False, execution=execution)
