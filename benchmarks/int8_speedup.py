@@ -56,7 +56,8 @@ def run(name: str, batches: list[int], repeat: int) -> None:
         prog, reason = _pick({"pt2e": pt2e, "onnxruntime": ort8}, {}, x, repeat=max(3, repeat // 2))
         fns = {"fp32 eager": lambda: model(x), "fp32 compiled": lambda: fp32c(x), "ort fp32": lambda: ort32(x),
                "pt2e int8": lambda: pt2e.model(x), "ort int8": lambda: ort8.model(x)}
-        t = compare(fns, warmup=2, repeat=repeat)
+        # steady state per program: blocks of 3 timed calls after >= 250 ms of untimed ones (spinning pools settle)
+        t = compare(fns, warmup=2, repeat=max(2, repeat // 3), block=3, settle_ms=250)
         med = {k: v.median_ms for k, v in t.items()}
         med["nbopt int8"] = med["pt2e int8" if prog.backend == "pt2e" else "ort int8"]
         best32 = min(med["fp32 eager"], med["fp32 compiled"], med["ort fp32"])

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "register_formula": ".counting",
     "clever_format": ".counting.thop_engine",
     "NboptError": ".errors",
+    "PartialResultWarning": ".errors",
     "Timing": ".timing",
     "quantize": ".quantization",
     "QuantResult": ".quantization",

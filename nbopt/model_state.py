@@ -60,7 +60,7 @@ def preserved(model: nn.Module, *, eval_mode: bool = False) -> Iterator[nn.Modul
     """Run a block against ``model`` and put its training flags back afterwards, even on error."""
     flags = training_flags(model)
     try:
-        if eval_mode:
+        if eval_mode and any(flags.values()):
             model.eval()
         yield model
     finally:
@@ -77,8 +77,15 @@ def same_state(model: nn.Module, fingerprint: dict[str, torch.Tensor]) -> bool:
     now = model.state_dict(keep_vars=True)
     if now.keys() != fingerprint.keys():
         return False
-    return all(now[k].dtype == v.dtype and now[k].shape == v.shape and torch.equal(now[k].detach(), v)
+    return all(now[k].dtype == v.dtype and now[k].shape == v.shape and _same_bits(now[k].detach(), v)
                for k, v in fingerprint.items())
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality; unlike ``torch.equal`` a NaN equals the same NaN."""
+    if a.is_floating_point() or a.is_complex():
+        return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
 
 
 def unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:

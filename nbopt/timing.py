@@ -49,9 +49,16 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 10,
     return timing
 
 
-def compare(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 10,
-            device: torch.device | str | None = None) -> dict[str, Timing]:
-    """Time several callables interleaved (A, B, A, B, ...) so drifting machine load hits all alike."""
+def compare(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 10, block: int = 1,
+            settle_ms: float = 0.0, device: torch.device | str | None = None) -> dict[str, Timing]:
+    """Time several callables interleaved (A, B, A, B, ...) so drifting machine load hits all alike.
+
+    ``block > 1`` interleaves blocks instead of single calls: each block starts with untimed calls (one, or
+    as many as fill ``settle_ms``), then times ``block`` calls in a row (``repeat`` blocks per callable).
+    That measures each program in steady state, as a user's loop runs it: runtimes whose idle threads keep
+    spinning after a call (torch's OpenMP pool for up to ~200 ms, onnxruntime) otherwise slow whichever
+    program runs right after them.
+    """
     timings = {name: Timing() for name in fns}
     with torch.no_grad():
         for _ in range(max(0, warmup)):
@@ -60,11 +67,24 @@ def compare(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeat:
         synchronize(device)
         for _ in range(max(1, repeat)):
             for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                synchronize(device)
-                timings[name].samples_ms.append((time.perf_counter() - t0) * 1e3)
+                if block > 1:
+                    _settle(fn, settle_ms, device)
+                for _ in range(max(1, block)):
+                    t0 = time.perf_counter()
+                    fn()
+                    synchronize(device)
+                    timings[name].samples_ms.append((time.perf_counter() - t0) * 1e3)
     return timings
+
+
+def _settle(fn: Callable[[], object], settle_ms: float, device: torch.device | str | None) -> None:
+    """Call ``fn`` untimed at least once and until ``settle_ms`` have passed."""
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        synchronize(device)
+        if (time.perf_counter() - t0) * 1e3 >= settle_ms:
+            return
 
 
 def ratios(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import NboptError
 from ..inputs import batches, call, check_module
 from ..model_state import working_copy
-from ..quantization.result import PartialResultWarning, check_on_interrupt  # one warning class for all of nbopt
+from ..errors import PartialResultWarning, check_on_interrupt
 
 
 @dataclass

@@ -124,10 +124,16 @@ def _pick(programs: dict[str, Int8Program], errors: dict[str, str], example: Any
     if len(programs) == 1:
         prog = next(iter(programs.values()))
         return prog, f"backend {prog.backend} chosen{failed or ' as requested'}"
-    t = compare({k: (lambda p=p: call(p.model, example)) for k, p in programs.items()}, warmup=3, repeat=repeat)
+    t = compare({k: (lambda p=p: call(p.model, example)) for k, p in programs.items()}, warmup=3,
+                **_steady(repeat))
     best = min(t, key=lambda k: t[k].median_ms)
     detail = ", ".join(f"{k} {t[k].median_ms:.3f} ms" for k in t)
     return programs[best], f"backend='auto' measured both on your input ({detail}, median) and kept {best}"
+
+
+def _steady(repeat: int) -> dict[str, int]:
+    """About ``repeat`` timed calls per program in blocks of 3 (steady state; see :func:`nbopt.timing.compare`)."""
+    return {"repeat": max(1, repeat // 3), "block": 3, "settle_ms": 100} if repeat >= 3 else {"repeat": repeat}
 
 
 def _finish(reference, qmodel, calib, example, evaluate, progress, repeat, *, report, mode, backend, real,
@@ -138,7 +144,7 @@ def _finish(reference, qmodel, calib, example, evaluate, progress, repeat, *, re
         q_out = run_batches(qmodel, calib, progress=progress, desc="quantized outputs")
         fid = fidelity(ref_out, q_out)
         t = compare({"fp32": lambda: call(reference, example), "quantized": lambda: call(qmodel, example)},
-                    warmup=3, repeat=repeat)
+                    warmup=3, **_steady(repeat))
         latency = {k: v.median_ms for k, v in t.items()}
     acc = {"fp32": float(evaluate(reference)), "quantized": float(evaluate(qmodel))} if evaluate else None
     return QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,

@@ -13,7 +13,7 @@ from ..inputs import check_module
 from ..model_state import working_copy
 from .api import quantize
 from .options import QuantOptions, check_finite_weights, check_layer_names
-from .result import PartialResultWarning, check_on_interrupt
+from ..errors import PartialResultWarning, check_on_interrupt
 from .simulate import act_quantizers, attach, bake, calibrate, fold_batchnorm
 
 

@@ -8,18 +8,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from ..errors import NboptError
-
-
-class PartialResultWarning(UserWarning):
-    """A long run was interrupted (Ctrl-C / stop button) and returned what it had finished."""
-
-
-def check_on_interrupt(value: str) -> None:
-    """``on_interrupt`` is 'return' (keep the work done, marked partial) or 'raise'."""
-    if value not in ("return", "raise"):
-        raise NboptError(f"on_interrupt must be 'return' (keep the work done, marked partial) or 'raise', "
-                         f"got {value!r}")
+from ..errors import NboptError, PartialResultWarning, check_on_interrupt  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
 from .options import QuantOptions, check_bits, check_finite_weights, quantizable_layers
-from .result import PartialResultWarning, check_on_interrupt
+from ..errors import PartialResultWarning, check_on_interrupt
 from .simulate import fold_batchnorm, weight_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]

@@ -161,7 +161,7 @@ def test_finetune_interrupted_returns_the_partial_copy_labelled_partial():
     """Stop pressed at the 4th loss call: steps 1-3 are kept, labelled partial, and equal a 3-batch run."""
     finetune = api("finetune")
     from nbopt.model_state import same_state, state_fingerprint
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     model, xs, ys = model_and_data()
     snap, rng = Snapshot.take(model), torch.random.get_rng_state()
     data, loss = list(zip(xs, ys)), nn.functional.cross_entropy
@@ -180,7 +180,7 @@ def test_finetune_interrupted_returns_the_partial_copy_labelled_partial():
 
 def test_finetune_interrupted_in_a_later_epoch_counts_finished_epochs():
     finetune = api("finetune")
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     model, xs, ys = model_and_data()
     with torch.no_grad():
         model[4].weight[:, :20] = 0  # pruned weights stay zero in the partial result too
@@ -196,7 +196,7 @@ def test_finetune_interrupted_in_a_later_epoch_counts_finished_epochs():
 
 def test_finetune_interrupted_before_any_step_propagates(recwarn):
     """Nothing to keep: the interrupt reaches the user unwrapped, with no partial warning and the model intact."""
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     finetune = api("finetune")
     model, xs, ys = model_and_data()
     data, snap = list(zip(xs, ys)), Snapshot.take(model)
@@ -218,7 +218,7 @@ def _accuracy(xs, ys):
 def test_sensitivity_interrupted_in_evaluate_returns_the_layers_done():
     """Calls of evaluate: 1 = fp32 baseline, 2-3 = layer '0' at 8 and 4 bits, 4 = layer '4' at 8 bits."""
     sensitivity = api("sensitivity")
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     model, xs, ys = model_and_data()
     snap = Snapshot.take(model)
     full = sensitivity(model, xs, evaluate=_accuracy(xs, ys), bits=(8, 4), progress=False)
@@ -239,7 +239,7 @@ def test_sensitivity_interrupted_in_cached_sweep_returns_the_layers_done(monkeyp
     sensitivity = api("sensitivity")
     import importlib
     sens = importlib.import_module("nbopt.quantization.sensitivity")  # the module, not the function it exports
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     model, xs, _ = model_and_data()
     snap = Snapshot.take(model)
     full = sensitivity(model, xs, bits=(8, 4), progress=False)
@@ -254,7 +254,7 @@ def test_sensitivity_interrupted_in_cached_sweep_returns_the_layers_done(monkeyp
 def test_qat_interrupted_returns_a_partial_result_with_the_steps_done():
     """6 steps per epoch: loss_fn's 9th call is in epoch 2, so the result has the weights after 8 steps."""
     qat = api("qat")
-    from nbopt.quantization.result import PartialResultWarning
+    from nbopt import PartialResultWarning
     model, xs, ys = model_and_data()
     snap = Snapshot.take(model)
     data = list(zip(xs, ys))
