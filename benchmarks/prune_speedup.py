@@ -10,13 +10,17 @@ dense included, is timed in its deployment form: BatchNorm folded into the convo
 (``nbopt.deployment.fuse``), in whichever memory format is faster for it (contiguous or channels_last; the
 table says which). Unstructured variants keep dense kernels, so they are shown to be no faster. At batch 1
 the structured 50% model is also quantized to int8 (``nbopt.quantize(..., mode="int8")``) and timed
-against the dense fp32 model. ``Pruner.set`` timing lives in ``benchmarks/pruner_set_speed.py``.
+against the dense fp32 model. ``--ort`` adds a row per batch with the dense and the structured 50% model both
+exported to ONNX and run in onnxruntime fp32 (less per-op overhead than eager: what pruning buys once the
+framework's fixed cost per op is gone). ``Pruner.set`` timing lives in ``benchmarks/pruner_set_speed.py``.
 Random weights: speed does not depend on the values, and no pretrained weights can be downloaded here.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import tempfile
 
 import torch
 import torchvision
@@ -25,6 +29,7 @@ from nbopt.deployment.fuse import fuse
 from nbopt.profiling import profile
 from nbopt.pruning import Pruner
 from nbopt.quantization import quantize
+from nbopt.quantization.int8 import OrtModule, export_onnx
 from nbopt.timing import compare
 
 
@@ -62,7 +67,29 @@ def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, rep
     return best
 
 
-def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to: int, int8: str | None) -> None:
+def in_onnxruntime(model: torch.nn.Module, x: torch.Tensor) -> OrtModule:
+    """``model`` exported to ONNX (batch dynamic) and run by onnxruntime fp32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(model, x, path)
+        with open(path, "rb") as f:
+            return OrtModule(f.read())
+
+
+def ort_rows(name: str, models: dict[str, torch.nn.Module], x: torch.Tensor, macs: dict[str, float],
+             repeat: int) -> None:
+    """Dense vs structured 50%, both in onnxruntime fp32 (steady-state blocks: spinning pools settle)."""
+    progs = {k: in_onnxruntime(models[k], x) for k in ("dense", "structured 50%")}
+    t = compare({k: (lambda p=p: p(x)) for k, p in progs.items()}, warmup=1, repeat=repeat, block=3, settle_ms=100)
+    d, p = t["dense"].median_ms, t["structured 50%"].median_ms
+    mr = macs["dense"] / macs["structured 50%"]
+    print(f"| {name} | {x.shape[0]} | structured 50%, dense and pruned both in onnxruntime fp32 | "
+          f"{macs['structured 50%'] / 1e9:.2f} | {mr:.2f}x | {p:.1f} vs {d:.1f} | {d / p:.2f}x | {d / p / mr:.0%} |",
+          flush=True)
+
+
+def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to: int, int8: str | None,
+                ort: bool = False) -> None:
     """One table row per variant and batch size (printed as it is measured)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
@@ -84,6 +111,8 @@ def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to:
             mr, lr = macs["dense"] / macs["structured 50%"], base_ms / best["int8"][0]
             print(f"| {name} | {b} | structured 50% + int8 vs dense fp32 | {macs['structured 50%'] / 1e9:.2f} "
                   f"| {mr:.2f}x | {best['int8'][0]:.1f} ({best['int8'][1]}) | {lr:.2f}x | (goal 7x) |", flush=True)
+        if ort:
+            ort_rows(name, models, x, macs, repeat)
 
 
 def main() -> None:
@@ -97,6 +126,7 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=8, help="kept channel counts rounded up to multiples of this")
     parser.add_argument("--int8-backend", default="auto", choices=["auto", "pt2e", "onnxruntime"])
     parser.add_argument("--no-int8", action="store_true", help="skip the structured 50%% + int8 row")
+    parser.add_argument("--ort", action="store_true", help="add dense vs structured 50%% both in onnxruntime fp32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +136,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         speed_table(name, args.size, args.batches, args.repeat, args.round_to,
-                    None if args.no_int8 else args.int8_backend)
+                    None if args.no_int8 else args.int8_backend, args.ort)
     print("Unstructured rows: the zeros are still multiplied by dense kernels, so expect ~1.00x (any spread is noise).")
 
 
