@@ -22,6 +22,7 @@ from nbopt.timing import compare
 
 
 def ort_fp32(model: torch.nn.Module, example: torch.Tensor) -> tuple[OrtModule, int]:
+    """``model`` exported to ONNX (batch dynamic) and run by onnxruntime fp32; the file's size in bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "fp32.onnx")
         export_onnx(model, example, path)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import tempfile
 
 import torch
 import torchvision
@@ -29,8 +27,9 @@ from nbopt.deployment.fuse import fuse
 from nbopt.profiling import profile
 from nbopt.pruning import Pruner
 from nbopt.quantization import quantize
-from nbopt.quantization.int8 import OrtModule, export_onnx
 from nbopt.timing import compare
+
+from int8_speedup import ort_fp32  # benchmarks/ is on sys.path when a script here runs
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, round_to: int) -> dict[str, torch.nn.Module]:
@@ -67,19 +66,10 @@ def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, rep
     return best
 
 
-def in_onnxruntime(model: torch.nn.Module, x: torch.Tensor) -> OrtModule:
-    """``model`` exported to ONNX (batch dynamic) and run by onnxruntime fp32."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(model, x, path)
-        with open(path, "rb") as f:
-            return OrtModule(f.read())
-
-
 def ort_rows(name: str, models: dict[str, torch.nn.Module], x: torch.Tensor, macs: dict[str, float],
              repeat: int) -> None:
     """Dense vs structured 50%, both in onnxruntime fp32 (steady-state blocks: spinning pools settle)."""
-    progs = {k: in_onnxruntime(models[k], x) for k in ("dense", "structured 50%")}
+    progs = {k: ort_fp32(models[k], x)[0] for k in ("dense", "structured 50%")}
     t = compare({k: (lambda p=p: p(x)) for k, p in progs.items()}, warmup=1, repeat=repeat, block=3, settle_ms=100)
     d, p = t["dense"].median_ms, t["structured 50%"].median_ms
     mr = macs["dense"] / macs["structured 50%"]

@@ -8,10 +8,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import batches, call, check_module
 from ..model_state import working_copy
-from ..errors import PartialResultWarning, check_on_interrupt
 
 
 @dataclass

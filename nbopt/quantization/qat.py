@@ -8,12 +8,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NboptError
+from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import check_module
 from ..model_state import working_copy
 from .api import quantize
 from .options import QuantOptions, check_finite_weights, check_layer_names
-from ..errors import PartialResultWarning, check_on_interrupt
 from .simulate import act_quantizers, attach, bake, calibrate, fold_batchnorm
 
 

@@ -8,8 +8,6 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from ..errors import NboptError, PartialResultWarning, check_on_interrupt  # noqa: F401 (re-exported)
-
 
 @dataclass
 class QuantResult:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NboptError
+from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import call, check_module
 from ..model_state import working_copy
 from .activation_cache import ActivationCache, trace
@@ -23,7 +23,6 @@ from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
 from .options import QuantOptions, check_bits, check_finite_weights, quantizable_layers
-from ..errors import PartialResultWarning, check_on_interrupt
 from .simulate import fold_batchnorm, weight_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
