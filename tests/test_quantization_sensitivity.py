@@ -137,3 +137,28 @@ def test_plot_has_a_row_per_layer_and_a_column_per_bit_width():
         assert len(ax.texts) == 8 * 3  # every cell annotated
         plt.close(fig)
     assert sensitivity_matrix(df, "sqnr").iloc[0].tolist() == df.loc["stem", ["sqnr_8bit", "sqnr_4bit", "sqnr_2bit"]].tolist()
+
+
+
+def test_image_models_run_their_trials_channels_last_with_the_same_values():
+    """Channels-last is only a faster layout: each trial's outputs equal a contiguous cache's."""
+    from nbopt.quantization.activation_cache import ActivationCache, trace
+    from nbopt.quantization.simulate import fold_batchnorm
+
+    import copy
+
+    calib, folded = [torch.randn(4, 3, 16, 16), torch.randn(2, 3, 16, 16)], fold_batchnorm(TinyResNet().eval())
+    caches = {layout: ActivationCache(trace(copy.deepcopy(folded), calib[0]), calib,
+                                      ["stem", "blocks.1.conv2"], variants=2, layout=layout)
+              for layout in ("channels_last", "contiguous")}
+    w = {name: torch.randn_like(folded.get_submodule(name).weight) for name in ["stem", "blocks.1.conv2"]}
+    for name in w:
+        fast, plain = (caches[k].trial(name, [w[name], -w[name]]) for k in ("channels_last", "contiguous"))
+        for a, b in zip(fast, plain):
+            assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-5) for x, y in zip(a, b))
+    stem = caches["channels_last"].gm.get_submodule("stem").weight
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    df = nbopt.sensitivity(TinyResNet().eval(), calib, bits=(4,), progress=False)
+    assert df.attrs["layout"] == "channels_last"
+    assert nbopt.sensitivity(BatchMixing().eval(), torch.randn(5, 6), bits=(4,), progress=False).attrs["layout"] \
+        == "contiguous"

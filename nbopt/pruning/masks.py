@@ -127,16 +127,26 @@ def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] 
 
 
 def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[str, LayerMask]:
-    """Clone every weight and sort its magnitudes once (the slow part; setting masks is then cheap)."""
+    """Clone every weight and sort its magnitudes once (the slow part; setting masks is then cheap).
+
+    Layers are sorted concurrently, one per torch thread: a 1-d sort runs on a single core, and torch
+    releases the GIL while it sorts.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    masks = {}
-    for name, m in tqdm(layers.items(), desc="sort weight magnitudes", disable=not progress):
+    def one(item: tuple[str, nn.Module]) -> LayerMask:
+        name, m = item
         original = m.weight.detach().clone(memory_format=torch.contiguous_format)
-        mags = original.abs().flatten().float()
-        order = torch.argsort(mags, stable=True)
-        masks[name] = LayerMask(name, m, original, mags[order], order)
-    return masks
+        sorted_abs, order = torch.sort(original.abs().flatten().float(), stable=True)
+        return LayerMask(name, m, original, sorted_abs, order)
+
+    items = sorted(layers.items(), key=lambda kv: -kv[1].weight.numel())  # largest first: balanced workers
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        done = {mask.name: mask for mask in tqdm(pool.map(one, items), total=len(items),
+                                                 desc="sort weight magnitudes", disable=not progress)}
+    return {name: done[name] for name in layers}
 
 
 def global_counts(masks: list[LayerMask], k_total: int, pool_sorted: torch.Tensor | None = None

@@ -50,7 +50,6 @@ class Pruner:
             call(self.model, example_inputs)
         self._layers = prunable_layers(self.model, layers, exclude)
         self._masks: dict[str, LayerMask] = build_masks(self._layers, progress)
-        self._all_sorted = torch.cat([m.sorted_abs for m in self._masks.values()]).sort().values
         self._groups: list[S.ChannelGroup] | None = None
         self.blocked: list[S.Blocked] = []
         self._preview = ChannelPreview({id(m.module.weight): m.original for m in self._masks.values()})
@@ -144,8 +143,7 @@ class Pruner:
             counts = {n: round(amount * m.numel) for n, m in masks.items()}
         else:
             pool = [m for n, m in masks.items() if n not in overrides]
-            counts = global_counts(pool, round(amount * sum(m.numel for m in pool)),
-                                   None if overrides else self._all_sorted)
+            counts = global_counts(pool, round(amount * sum(m.numel for m in pool)))
         counts.update({n: round(a * masks[n].numel) for n, a in overrides.items()})
         return counts
 

@@ -68,11 +68,11 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
         raise NboptError(EMPTY_CALIBRATION)
     folded = fold_batchnorm(working_copy(model))
     layers = quantizable_layers(folded)
-    trial, used, batched = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
+    trial, used, batched, layout = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
     rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise")
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
     df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else "1 - top-1 agreement with fp32",
-                    method=used, batched=batched, options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
+                    method=used, batched=batched, layout=layout, options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
                     partial=len(rows) < len(layers), layers_total=len(layers))
     return df
 
@@ -102,10 +102,11 @@ def _set_weight(model: nn.Module, name: str, w: torch.Tensor) -> None:
 
 
 def _trial_runner(folded: nn.Module, inputs: list[Any], evaluate: Callable | None, method: str,
-                  names: list[str], variants: int) -> tuple[Trial, str, bool]:
-    """A function (layer, quantized weights per bit width) -> metrics per bit width; method used; bits batched?"""
+                  names: list[str], variants: int) -> tuple[Trial, str, bool, str]:
+    """A function (layer, quantized weights per bit width) -> metrics per bit width; method used; bits batched?;
+    memory layout the trials ran in."""
     if evaluate is not None:
-        return _evaluate_trial(folded, evaluate), "evaluate (black box: no caching)", False
+        return _evaluate_trial(folded, evaluate), "evaluate (black box: no caching)", False, "contiguous"
     if method == "cached":
         try:
             cache = ActivationCache(trace(folded, inputs[0]), inputs, names, variants)
@@ -113,10 +114,11 @@ def _trial_runner(folded: nn.Module, inputs: list[Any], evaluate: Callable | Non
             cache = None
         if cache is not None:
             return ((lambda name, ws: [_metrics(cache.outputs, out) for out in cache.trial(name, ws)]), "cached",
-                    cache.batching)
+                    cache.batching, cache.layout)
     with torch.no_grad():
         ref = [call(folded, x) for x in inputs]
-    return _naive_trial(folded, inputs, ref), "naive" if method == "naive" else "naive (not traceable)", False
+    return _naive_trial(folded, inputs, ref), "naive" if method == "naive" else "naive (not traceable)", False, \
+        "contiguous"
 
 
 def _evaluate_trial(folded: nn.Module, evaluate: Callable) -> Trial:
