@@ -8,9 +8,12 @@ Prints, per model and batch size, the MACs ratio (profiler count, dense / pruned
 ratio (median of interleaved runs), and the latency ratio as a fraction of the MACs ratio. Every variant,
 dense included, is timed in its deployment form: BatchNorm folded into the convolutions
 (``nbopt.deployment.fuse``), in whichever memory format is faster for it (contiguous or channels_last; the
-table says which). Unstructured variants keep dense kernels, so they are shown to be no faster. At batch 1
-the structured 50% model is also quantized to int8 (``nbopt.quantize(..., mode="int8")``) and timed
-against the dense fp32 model. ``--ort`` adds a row per batch with the dense and the structured 50% model both
+table says which); ``--compile`` adds a third form, ``torch.compile`` with inductor's freezing (weights
+prepacked, BatchNorm and activations fused), given to every variant alike. Timings are steady-state blocks
+(``nbopt.timing.compare(block=3, settle_ms=100)``), interleaved across variants. Unstructured variants
+keep dense kernels, so they are shown to be no faster. At batch 1 the structured 50% model is also
+quantized to int8 (``nbopt.quantize(..., mode="int8")``) and timed against the dense fp32 model, both in
+its best form and as given (eager, BatchNorm unfolded, contiguous: the baseline of int8_speedup.py). ``--ort`` adds a row per batch with the dense and the structured 50% model both
 exported to ONNX and run in onnxruntime fp32 (less per-op overhead than eager: what pruning buys once the
 framework's fixed cost per op is gone). ``Pruner.set`` timing lives in ``benchmarks/pruner_set_speed.py``.
 Random weights: speed does not depend on the values, and no pretrained weights can be downloaded here.
@@ -49,16 +52,32 @@ def int8_variant(model: torch.nn.Module, x: torch.Tensor, backend: str) -> torch
     return quantize(model, calib, mode="int8", backend=backend, progress=False, repeat=3).model
 
 
+def compiled(m: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """``torch.compile`` of a copy of ``m`` with inductor freezing, compiled for ``x``'s shape and format."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    fn = torch.compile(copy.deepcopy(m), dynamic=False)
+    with torch.no_grad():
+        fn(x)
+    return fn
+
+
 def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int,
-                        int8: torch.nn.Module | None = None) -> dict[str, tuple[float, str]]:
-    """Median ms of every model in both memory formats, interleaved; keep each model's faster one."""
-    fns = {("int8", "its own program"): (lambda: int8(x))} if int8 is not None else {}
+                        extra: dict[str, torch.nn.Module] | None = None,
+                        compile_too: bool = False) -> dict[str, tuple[float, str]]:
+    """Median ms of every model in each form (memory format, compiled or not), interleaved in steady-state
+    blocks; keep each model's fastest form. ``extra`` models are timed as they are."""
+    fns = {(name, "as given"): (lambda m=m: m(x)) for name, m in (extra or {}).items()}
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     for name, m in models.items():
-        fns[(name, "contiguous")] = (lambda m=m: m(x))
         m_cl = copy.deepcopy(m).to(memory_format=torch.channels_last)  # same weights, NHWC
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        fns[(name, "channels_last")] = (lambda m=m_cl, x=x_cl: m(x))
-    timings = compare(fns, warmup=1, repeat=repeat)
+        forms = {"contiguous": (m, x), "channels_last": (m_cl, x_cl)}
+        if compile_too:
+            forms.update({"compiled": (compiled(m, x), x), "compiled, channels_last": (compiled(m_cl, x_cl), x_cl)})
+        for form, (fn, inp) in forms.items():
+            fns[(name, form)] = (lambda fn=fn, inp=inp: fn(inp))
+    timings = compare(fns, warmup=1, repeat=repeat, block=3, settle_ms=100)
     best = {}
     for (name, fmt), t in timings.items():
         if name not in best or t.median_ms < best[name][0]:
@@ -79,7 +98,7 @@ def ort_rows(name: str, models: dict[str, torch.nn.Module], x: torch.Tensor, mac
 
 
 def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to: int, int8: str | None,
-                ort: bool = False) -> None:
+                ort: bool = False, compile_too: bool = False) -> None:
     """One table row per variant and batch size (printed as it is measured)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
@@ -89,8 +108,9 @@ def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to:
     for b in batches:
         x = torch.randn(b, 3, size, size)
         macs = {k: profile(m, x, latency=False).total_macs for k, m in models.items()}
+        extra = {"int8": quantized, "dense as given": model} if quantized is not None and b == 1 else None
         with torch.no_grad():
-            best = best_format_timings(models, x, repeat, quantized if b == 1 else None)
+            best = best_format_timings(models, x, repeat, extra, compile_too)
         base_ms = best["dense"][0]
         for k in models:
             mr, lr = macs["dense"] / macs[k], base_ms / best[k][0]
@@ -99,8 +119,10 @@ def speed_table(name: str, size: int, batches: list[int], repeat: int, round_to:
                   f"| {lr:.2f}x | {eff} |", flush=True)
         if "int8" in best:
             mr, lr = macs["dense"] / macs["structured 50%"], base_ms / best["int8"][0]
+            given = best["dense as given"][0] / best["int8"][0]
             print(f"| {name} | {b} | structured 50% + int8 vs dense fp32 | {macs['structured 50%'] / 1e9:.2f} "
-                  f"| {mr:.2f}x | {best['int8'][0]:.1f} ({best['int8'][1]}) | {lr:.2f}x | (goal 7x) |", flush=True)
+                  f"| {mr:.2f}x | {best['int8'][0]:.1f} (int8 program) | {lr:.2f}x vs best dense form, {given:.2f}x "
+                  f"vs dense as given ({best['dense as given'][0]:.1f} ms) | (goal 7x) |", flush=True)
         if ort:
             ort_rows(name, models, x, macs, repeat)
 
@@ -117,6 +139,8 @@ def main() -> None:
     parser.add_argument("--int8-backend", default="auto", choices=["auto", "pt2e", "onnxruntime"])
     parser.add_argument("--no-int8", action="store_true", help="skip the structured 50%% + int8 row")
     parser.add_argument("--ort", action="store_true", help="add dense vs structured 50%% both in onnxruntime fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every variant torch.compile'd (inductor, freezing) and keep its fastest form")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,7 +150,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         speed_table(name, args.size, args.batches, args.repeat, args.round_to,
-                    None if args.no_int8 else args.int8_backend, args.ort)
+                    None if args.no_int8 else args.int8_backend, args.ort, args.compile)
     print("Unstructured rows: the zeros are still multiplied by dense kernels, so expect ~1.00x (any spread is noise).")
 
 

@@ -213,3 +213,15 @@ def test_pruned_attention_with_every_head_is_multihead_attention(batch_first):
             (o1, w1), (o2, w2) = mha(q, kv, kv, **kw), pruned(q, kv, kv, **kw)
             assert torch.allclose(o1, o2, atol=1e-6), kw
             assert (w1 is None) == (w2 is None) and (w1 is None or torch.allclose(w1, w2, atol=1e-6)), kw
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_swapped_attention_keeps_the_training_flag(training):
+    """remove_heads' replacement runs dropout exactly when the attention it replaces did."""
+    from nbopt.pruning.heads import head_groups, remove_heads
+
+    model = TinyTextEncoder().train(training)
+    root = "encoder.layers.0.self_attn.out_proj"
+    remove_heads(model, head_groups(model, {root}), {root: 2})
+    attn = model.encoder.layers[0].self_attn
+    assert isinstance(attn, PrunedMultiheadAttention) and attn.num_heads == 2 and attn.training is training

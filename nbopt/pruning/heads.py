@@ -151,5 +151,5 @@ def remove_heads(model: nn.Module, groups: list[ChannelGroup], kept: dict[str, i
         if isinstance(mha, nn.MultiheadAttention):
             removed = set(pruned_indices(g, kept[g.root]).tolist())
             keep = torch.tensor([h for h in range(g.channels) if h not in removed])
-            setattr(parent, attr, PrunedMultiheadAttention(mha, keep))
+            setattr(parent, attr, PrunedMultiheadAttention(mha, keep).train(mha.training))
 
