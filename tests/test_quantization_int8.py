@@ -66,6 +66,50 @@ def test_pt2e_int8_is_close_to_fp32(pt2e_result, demo_model, calib):
     assert s["quantized"]["deployable"] < s["fp32"]["deployable"] / 3.5 < s["quantized"]["dense"]
 
 
+class _RGBNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_pt2e_batch_size_is_dynamic():
+    """Batch sizes 2-15 share one compiled program, whose outputs are the uncompiled int8 graph's."""
+    from torch._dynamo.utils import counters
+
+    from nbopt.quantization.int8 import CompiledInt8, _relative_error
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 16, 16)
+    r = nbopt.quantize(_RGBNet().eval(), [x[:4]], mode="int8", backend="pt2e", progress=False, repeat=1)
+    prog = next(m for m in r.model.modules() if isinstance(m, CompiledInt8))
+    assert prog.dynamic_batch
+    with torch.no_grad():
+        first = prog(x[:2])
+        graphs = counters["stats"]["unique_graphs"]
+        for n in (3, 5, 11):
+            out = prog(x[:n])
+            assert torch.allclose(out[:2], first, atol=1e-5)  # the same int8 kernels at every batch size
+            assert _relative_error(out, prog.converted(x[:n])) < 0.02  # vs the uncompiled int8 graph
+    assert prog.dynamic_batch and counters["stats"]["unique_graphs"] == graphs  # no recompile
+
+
+def test_pt2e_falls_back_to_static_programs_where_dynamic_lowering_fails(pt2e_result, demo_model, calib):
+    """The one-channel demo model: torch's dynamic lowering fails at batch >= 16; the outputs stay right."""
+    from nbopt.quantization.int8 import CompiledInt8, _relative_error
+
+    prog = next(m for m in pt2e_result.model.modules() if isinstance(m, CompiledInt8))
+    x = torch.cat(calib)[:40]
+    with torch.no_grad():
+        for n in (2, 5, 40):
+            _close_to_fp32(pt2e_result, demo_model, x[:n])
+            assert _relative_error(prog(x[:n]), prog.converted(x[:n])) < 0.02
+    assert not prog.dynamic_batch  # static programs, one per batch size
+
+
 def test_auto_keeps_the_faster_backend_and_says_why(ort_result, pt2e_result, calib):
     fast = Int8Program("fast", ort_result.model, 1, 1)
     slow = Int8Program("slow", nn.Sequential(pt2e_result.model, _Sleep()), 1, 1)

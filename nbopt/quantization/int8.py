@@ -4,6 +4,7 @@ Both return an :class:`Int8Program` whose ``.model`` is an ``nn.Module`` called 
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -73,22 +74,96 @@ def export(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any =
 class CompiledInt8(nn.Module):
     """A converted PT2E program compiled by inductor with freezing (int8 oneDNN kernels).
 
-    The exported program keeps the batch dimension symbolic, but the compiled kernels are specialised per
-    batch size: a new batch size compiles once (seconds), later calls at that size are fast. In torch 2.14
-    a dynamic-shape compile of the int8 graph fails inside inductor's quantized-conv lowering (a
-    channels-last stride assertion), so ``dynamic=False`` is the only working choice; after torch's
-    recompile limit (8 sizes) calls run the uncompiled int8 graph (correct, slower).
+    When ``example`` is given, the batch dimension is compiled as dynamic if that works for this program:
+    every tensor input's dim 0 is marked and dynamo's automatic dynamic shapes are off, so the other dims
+    stay static (torch 2.14's quantized-conv lowering fails when the spatial dims are symbolic too).
+    Inductor still specialises batch 1 and splits at 16, so new batch sizes compile at most three programs
+    (1, 2-15, 16 and up). The dynamic program is tried on a private copy (its own dynamo cache) at build
+    time, at batch 2, and kept only if it runs and matches the uncompiled graph; should a later batch range
+    fail to compile (a one-channel input: torch 2.14's dynamic lowering asserts on strides at batch 16 and
+    up), the program falls back, once, to compiling one static program per batch size.
     """
 
-    def __init__(self, converted: nn.Module):
+    def __init__(self, converted: nn.Module, example: Any = None):
         super().__init__()
-        self.converted = converted
-        self.compiled = torch.compile(converted, dynamic=False)
+        self.converted, self.dynamic_batch = converted, False
+        self.compiled = None
+        if example is not None:
+            self._try_dynamic(example)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.converted, dynamic=False)
+
+    def _try_dynamic(self, example: Any) -> None:
+        """Keep a dynamic-batch program compiled on a copy (its own dynamo cache) if it matches the graph."""
+        args, kwargs = as_args(_at_least_two(example))
+        copy_ = copy.deepcopy(self.converted)
+        candidate = torch.compile(copy_, dynamic=None)
+        try:
+            with torch.no_grad():
+                ref, out = self.converted(*args, **kwargs), self._dynamic_call(candidate, args, kwargs)
+            ok = all(_relative_error(a, b) < 0.05 for a, b in zip(tensors_in(out), tensors_in(ref)))
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # noqa: BLE001 - torch's dynamic lowering failed for this program
+            ok = False
+        if ok:
+            self.converted, self.compiled, self.dynamic_batch = copy_, candidate, True
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.dynamic_batch:
+            try:
+                return self._dynamic_call(self.compiled, args, kwargs)
+            except KeyboardInterrupt:
+                raise
+            except Exception:  # noqa: BLE001 - a batch range whose dynamic lowering fails: go static
+                static = torch.compile(copy.deepcopy(self.converted), dynamic=False)
+                out = self._static_call(static, args, kwargs)  # a bad input raises here; dynamic stays
+                self.converted, self.compiled, self.dynamic_batch = static._orig_mod, static, False
+                return out
+        return self._static_call(self.compiled, args, kwargs)
+
+    @staticmethod
+    def _static_call(program: Any, args: tuple, kwargs: dict) -> Any:
         import torch._inductor.config as inductor_config
         with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.compiled(*args, **kwargs)
+            return program(*args, **kwargs)
+
+    @staticmethod
+    def _dynamic_call(program: Any, args: tuple, kwargs: dict) -> Any:
+        import torch._dynamo
+        import torch._inductor.config as inductor_config
+
+        args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, _batch_dynamic_alias, (args, kwargs))
+        with torch.no_grad(), inductor_config.patch(freezing=True), \
+                torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            return program(*args, **kwargs)
+
+
+def _batch_dynamic_alias(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` with dim 0 marked dynamic (marking ``t`` itself would make later static compiles of
+    the same tensor dynamic too)."""
+    import torch._dynamo
+
+    alias = t.view_as(t)
+    if alias.dim() > 0:
+        torch._dynamo.maybe_mark_dynamic(alias, 0)
+    return alias
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||: int8 kernels differ from the reference graph by rounding, not by garbage."""
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+
+
+def _at_least_two(example: Any) -> Any:
+    """``example`` with batch 1 repeated to batch 2 (batch 1 compiles a specialised program)."""
+    if isinstance(example, torch.Tensor):
+        return torch.cat([example, example]) if example.dim() and example.shape[0] == 1 else example
+    if isinstance(example, (tuple, list)):
+        return type(example)(_at_least_two(v) for v in example)
+    if isinstance(example, dict):
+        return {k: _at_least_two(v) for k, v in example.items()}
+    return example
 
 
 def _tensor_bytes(tensors: Any) -> int:
@@ -110,7 +185,7 @@ def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     buf = io.BytesIO()
     torch.save(converted.state_dict(), buf)
     dense = _tensor_bytes(converted.state_dict().values())
-    return Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes)
+    return Int8Program("pt2e", CompiledInt8(converted, example), dense, buf.getbuffer().nbytes)
 
 
 class OrtModule(nn.Module):
