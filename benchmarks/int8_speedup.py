@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 from nbopt.quantization.api import _pick
-from nbopt.quantization.int8 import OrtModule, build_onnx, build_pt2e, export_onnx
+from nbopt.quantization.int8 import STATIC_BATCH_SIZES, OrtModule, build_onnx, build_pt2e, export_onnx
 from nbopt.quantization.sizes import disk_bytes
 from nbopt.timing import compare
 
@@ -52,7 +52,7 @@ def run(name: str, batches: list[int], repeat: int) -> None:
     fp32c = compiled_fp32(model)
     print(f"\n{name}: file MB  torch fp32 {disk_bytes(model) / 1e6:.1f} | onnx fp32 {ort32_bytes / 1e6:.1f} | "
           f"onnx int8 {ort8.disk_bytes / 1e6:.1f} | pt2e int8 state {pt2e.disk_bytes / 1e6:.1f}; pt2e batch "
-          f"{'dynamic' if getattr(pt2e.model, 'dynamic_batch', False) else 'static (one program per size)'}")
+          f"programs: static for the first {STATIC_BATCH_SIZES} batch sizes, then one dynamic")
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
         prog, reason = _pick({"pt2e": pt2e, "onnxruntime": ort8}, {}, x, repeat=max(3, repeat // 2))
