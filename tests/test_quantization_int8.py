@@ -100,6 +100,9 @@ def test_pt2e_batch_size_is_dynamic():
         assert counters["stats"]["unique_graphs"] == graphs  # no recompile
         for n, out in static.items():  # static sizes keep their own programs
             assert torch.equal(prog(x[:n]), out)
+        with pytest.raises(Exception):  # a wrong input raises and leaves the dynamic program in place
+            prog(torch.randn(9, 4, 16, 16))
+        assert prog.dynamic_batch and torch.allclose(prog(x[:n0])[:2], first[:2], atol=1e-5)
 
 
 def test_pt2e_stays_static_where_dynamic_lowering_fails(pt2e_result, demo_model, calib):

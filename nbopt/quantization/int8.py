@@ -110,8 +110,9 @@ class CompiledInt8(nn.Module):
         except KeyboardInterrupt:
             raise
         except Exception:  # noqa: BLE001 - a batch range whose dynamic lowering fails: static from now on
+            out = _static_call(self.static, args, kwargs)  # a bad input raises here and changes nothing
             self._drop_dynamic()
-            return _static_call(self.static, args, kwargs)
+            return out
 
     def _first_dynamic(self, args: tuple, kwargs: dict) -> Any:
         """Compile the dynamic program on a copy; keep it if its output matches the uncompiled graph."""
@@ -127,8 +128,9 @@ class CompiledInt8(nn.Module):
         except Exception:  # noqa: BLE001 - torch's dynamic lowering failed for this program
             ok = False
         if not ok:
+            out = _static_call(self.static, args, kwargs)  # a bad input raises here and changes nothing
             self._drop_dynamic()
-            return _static_call(self.static, args, kwargs)
+            return out
         self._dynamic.update(state="ok", program=program, copy=graph)
         return out
 
