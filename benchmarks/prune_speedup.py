@@ -32,7 +32,7 @@ from nbopt.pruning import Pruner
 from nbopt.quantization import quantize
 from nbopt.timing import compare
 
-from int8_speedup import ort_fp32  # benchmarks/ is on sys.path when a script here runs
+from int8_speedup import compiled_fp32, ort_fp32  # benchmarks/ is on sys.path when a script here runs
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, round_to: int) -> dict[str, torch.nn.Module]:
@@ -52,17 +52,6 @@ def int8_variant(model: torch.nn.Module, x: torch.Tensor, backend: str) -> torch
     return quantize(model, calib, mode="int8", backend=backend, progress=False, repeat=3).model
 
 
-def compiled(m: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """``torch.compile`` of a copy of ``m`` with inductor freezing, compiled for ``x``'s shape and format."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    fn = torch.compile(copy.deepcopy(m), dynamic=False)
-    with torch.no_grad():
-        fn(x)
-    return fn
-
-
 def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int,
                         extra: dict[str, torch.nn.Module] | None = None,
                         compile_too: bool = False) -> dict[str, tuple[float, str]]:
@@ -74,7 +63,7 @@ def best_format_timings(models: dict[str, torch.nn.Module], x: torch.Tensor, rep
         m_cl = copy.deepcopy(m).to(memory_format=torch.channels_last)  # same weights, NHWC
         forms = {"contiguous": (m, x), "channels_last": (m_cl, x_cl)}
         if compile_too:
-            forms.update({"compiled": (compiled(m, x), x), "compiled, channels_last": (compiled(m_cl, x_cl), x_cl)})
+            forms.update({"compiled": (compiled_fp32(m), x), "compiled, channels_last": (compiled_fp32(m_cl), x_cl)})
         for form, (fn, inp) in forms.items():
             fns[(name, form)] = (lambda fn=fn, inp=inp: fn(inp))
     timings = compare(fns, warmup=1, repeat=repeat, block=3, settle_ms=100)

@@ -59,6 +59,12 @@ def tensor_list(obj: Any) -> list[torch.Tensor]:
     return list(tensors_in(obj))
 
 
+def channels_last(inputs: Any) -> Any:
+    """``inputs`` (same structure) with every 4-d tensor in the channels-last memory format (same values)."""
+    return torch.utils._pytree.tree_map_only(
+        torch.Tensor, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t, inputs)
+
+
 def check_finite(inputs: Any, what: str = "inputs") -> None:
     """Raise if a floating-point input holds NaN or Inf."""
     for t in tensors_in(inputs):

@@ -170,7 +170,8 @@ def test_tied_weights_are_counted_once():
 
 
 def test_global_cut_exact_with_ties_both_paths():
-    from nbopt.pruning.masks import build_masks, global_counts
+    """The bisection equals the cut read from the whole pool sorted (the obvious, slow way)."""
+    from nbopt.pruning.masks import _split_at, build_masks, global_counts
     torch.manual_seed(1)
     layers = {f"l{i}": nn.Linear(7 + i, 5) for i in range(4)}
     for m in layers.values():
@@ -179,7 +180,8 @@ def test_global_cut_exact_with_ties_both_paths():
     pool = torch.cat([m.sorted_abs for m in masks]).sort().values
     total = sum(m.numel for m in masks)
     for k in range(0, total + 1, 3):
-        fast, slow = global_counts(masks, k, pool), global_counts(masks, k)
+        slow = _split_at(masks, k, pool[k - 1].view(1)) if k else {m.name: 0 for m in masks}
+        fast = global_counts(masks, k)
         assert fast == slow and sum(fast.values()) == k
         cut = pool[k - 1] if k else -1.0
         assert all(float(m.sorted_abs[c - 1]) <= cut for m, c in zip(masks, fast.values()) if c)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..inputs import as_args, call, check_device, check_module
+from ..inputs import call, channels_last, check_device, check_module
 from ..model_state import working_copy
 from ..timing import compare
 
@@ -128,11 +128,7 @@ def max_abs_diff(a: Any, b: Any) -> float:
 def to_channels_last(model: nn.Module, inputs: Any) -> Any:
     """Move ``model`` (in place) and 4-D ``inputs`` to NHWC memory format; returns the converted inputs."""
     model.to(memory_format=torch.channels_last)
-    args, kwargs = as_args(inputs)
-    conv = lambda t: t.contiguous(memory_format=torch.channels_last) if isinstance(t, torch.Tensor) and t.dim() == 4 else t
-    args = tuple(conv(a) for a in args)
-    kwargs = {k: conv(v) for k, v in kwargs.items()}
-    return kwargs if kwargs and not args else args
+    return channels_last(inputs)
 
 
 def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,

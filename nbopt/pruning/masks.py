@@ -149,18 +149,15 @@ def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[st
     return {name: done[name] for name in layers}
 
 
-def global_counts(masks: list[LayerMask], k_total: int, pool_sorted: torch.Tensor | None = None
-                  ) -> dict[str, int]:
+def global_counts(masks: list[LayerMask], k_total: int) -> dict[str, int]:
     """Split ``k_total`` pruned weights across layers by one global magnitude order (exact count).
 
-    The cut t is the k-th smallest magnitude of the pool (read from ``pool_sorted``, all the layers'
-    magnitudes sorted, when given; else found by bisecting float32 bit patterns), so that
-    #(|w| < t) <= k_total <= #(|w| <= t); the remaining ties at t go to layers in order.
+    The cut t is the k-th smallest magnitude of the pool, found by bisecting float32 bit patterns over the
+    layers' sorted magnitudes (no sort of the whole pool), so that #(|w| < t) <= k_total <= #(|w| <= t);
+    the remaining ties at t go to layers in order.
     """
     if k_total <= 0:
         return {m.name: 0 for m in masks}
-    if pool_sorted is not None:
-        return _split_at(masks, k_total, pool_sorted[k_total - 1].view(1))
     lo, hi = 0, 0x7F800000  # non-negative float32 bit patterns are ordered like their values
     as_float = lambda bits: torch.tensor([bits], dtype=torch.int32).view(torch.float32)  # noqa: E731
     while lo < hi:  # smallest t with #(|w| <= t) >= k_total

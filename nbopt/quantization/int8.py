@@ -91,9 +91,9 @@ class CompiledInt8(nn.Module):
         self.converted = converted
         self.static = torch.compile(converted, dynamic=False)
         self.static_sizes: list[int] = []
-        # the dynamic program and its private copy of the graph, kept out of the module tree (no state_dict
-        # duplicates); "state": "untried" | "ok" | "failed"
-        self._dynamic: dict[str, Any] = {"state": "untried", "program": None, "copy": None}
+        # the dynamic program (compiled on a private copy of the graph), kept out of the module tree (no
+        # state_dict duplicates); "state": "untried" | "ok" | "failed"
+        self._dynamic: dict[str, Any] = {"state": "untried", "program": None}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         size = _batch_size(args, kwargs)
@@ -116,8 +116,7 @@ class CompiledInt8(nn.Module):
 
     def _first_dynamic(self, args: tuple, kwargs: dict) -> Any:
         """Compile the dynamic program on a copy; keep it if its output matches the uncompiled graph."""
-        graph = copy.deepcopy(self.converted)
-        program = torch.compile(graph, dynamic=None)
+        program = torch.compile(copy.deepcopy(self.converted), dynamic=None)
         try:
             out = _dynamic_call(program, args, kwargs)
             with torch.no_grad():
@@ -131,11 +130,11 @@ class CompiledInt8(nn.Module):
             out = _static_call(self.static, args, kwargs)  # a bad input raises here and changes nothing
             self._drop_dynamic()
             return out
-        self._dynamic.update(state="ok", program=program, copy=graph)
+        self._dynamic.update(state="ok", program=program)
         return out
 
     def _drop_dynamic(self) -> None:
-        self._dynamic.update(state="failed", program=None, copy=None)
+        self._dynamic.update(state="failed", program=None)
 
     @property
     def dynamic_batch(self) -> bool:
