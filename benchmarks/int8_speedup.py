@@ -17,7 +17,7 @@ import torchvision
 
 from nbopt.quantization.api import _pick
 from nbopt.quantization.int8 import STATIC_BATCH_SIZES, OrtModule, build_onnx, build_pt2e, export_onnx
-from nbopt.quantization.sizes import disk_bytes
+from nbopt.model_state import disk_bytes
 from nbopt.timing import compare
 
 

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import render
+from .display import format as fmt
+from .display import tables
 from .errors import NboptError
 from .profiling import profile
 
@@ -49,7 +50,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = load_model(args.model).eval()
     x = torch.randn(parse_shape(args.input))
     prof = profile(model, x, latency=not args.no_latency, engine=args.engine)
-    print(render.profile_text(prof, top=args.top, by=args.by, depth=args.depth))
+    print(tables.profile_text(prof, top=args.top, by=args.by, depth=args.depth))
     return 0
 
 
@@ -60,9 +61,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"nbopt demo: DigitsNet trained on scikit-learn's digits, "
           f"held-out accuracy {100 * demo.evaluate(model):.2f}% (measured on 360 images)\n")
     prof = profile(model, demo.example_input(1))
-    print(render.profile_text(prof))
+    print(tables.profile_text(prof))
     print("\nBy layer type:")
-    print(render.format_table(prof.by_type()).to_string())
+    print(fmt.format_table(prof.by_type()).to_string())
     return 0
 
 

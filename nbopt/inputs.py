@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .errors import ForwardError, NboptError, describe_exception
+from .errors import ForwardError, InputError, InputTypeError, NboptError, describe_exception
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -15,7 +15,7 @@ Args = tuple[tuple[Any, ...], dict[str, Any]]
 def check_module(model: Any, what: str = "model") -> nn.Module:
     """Return ``model`` if it is an ``nn.Module``; otherwise raise a TypeError saying what to pass."""
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise InputTypeError(
             f"{what} must be a torch.nn.Module, got {type(model).__name__}. "
             "Pass the model object itself (e.g. `model`, not `model(x)` or its state_dict)."
         )
@@ -28,11 +28,11 @@ def as_args(inputs: Any) -> Args:
         return (inputs,), {}
     if isinstance(inputs, Mapping):
         if not all(isinstance(k, str) for k in inputs):
-            raise TypeError("a dict of inputs must map argument names (str) to values")
+            raise InputTypeError("a dict of inputs must map argument names (str) to values")
         return (), dict(inputs)
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
-    raise TypeError(
+    raise InputTypeError(
         f"inputs must be a tensor, a tuple of positional tensors or a dict of keyword arguments, "
         f"got {type(inputs).__name__}. Example: nbopt.profile(model, torch.randn(1, 3, 224, 224))."
     )
@@ -70,6 +70,18 @@ def check_finite(inputs: Any, what: str = "inputs") -> None:
     for t in tensors_in(inputs):
         if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
             raise NboptError(f"{what} contain NaN or Inf values; clean the data (e.g. torch.nan_to_num) first.")
+
+
+def check_finite_weights(model: nn.Module, consequence: str) -> None:
+    """Raise naming the first parameter or buffer holding NaN or Inf; ``consequence`` says what that breaks."""
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    for what, name, t in tensors + [("buffer", n, t) for n, t in model.named_buffers()]:
+        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
+            continue
+        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise InputError(f"{what} {name!r} holds {kind} values ({int((~torch.isfinite(t)).sum())} of "
+                         f"{t.numel()}), so {consequence}. Fix the model first: reload a good checkpoint or find "
+                         f"where training diverged (torch.isfinite(model.state_dict()[{name!r}]).all() is False).")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -127,7 +139,7 @@ def batches(data: Any) -> Iterable[Any]:
     try:
         iter(data)
     except TypeError:
-        raise TypeError(
+        raise InputTypeError(
             f"data must be a tensor, a DataLoader or an iterable of batches, got {type(data).__name__}."
         ) from None
     return data

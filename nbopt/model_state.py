@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 from typing import Iterator
 
 import torch
@@ -96,6 +97,13 @@ def unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
             seen.add(id(p))
             out.append(p)
     return out
+
+
+def disk_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the checkpoint that would ship."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
 
 
 def size_bytes(model: nn.Module) -> int:

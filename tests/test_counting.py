@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nbopt
-from nbopt.counting import count_cost
+from nbopt.profiling import count_cost
 
 
 def macs_of(model: nn.Module, *inputs: torch.Tensor, **kw) -> int:
@@ -105,7 +105,7 @@ def test_unknown_ops_are_listed_and_user_formula_counts_them():
     model = Fn(lambda t: torch.fft.rfft(t).abs())
     prof = nbopt.profile(model, torch.randn(4, 16), latency=False)
     assert "aten._fft_r2c" in prof.uncounted and prof.coverage < 1.0
-    from nbopt.counting.formulas import FORMULAS
+    from nbopt.profiling.formulas import FORMULAS
     packet = torch.ops.aten._fft_r2c
     try:
         nbopt.register_formula(packet, lambda x, *a, out, **k: (0, 5 * x.numel()))

@@ -79,7 +79,7 @@ def test_plots_draw(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import pandas as pd
-    from nbopt.plots.deployment import plot_pipeline, plot_threads
+    from nbopt.display.figures import plot_pipeline, plot_threads
 
     fig = plot_threads(pd.DataFrame({"threads": [1, 2], "latency_ms": [2.0, 1.2], "speedup": [1.0, 1.67]}))
     assert len(fig.axes) == 2

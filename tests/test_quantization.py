@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import nbopt
+from nbopt.layers import eval_folded, weighted_layers
 from nbopt import demo
 from nbopt.errors import NboptError
 from nbopt.quantization.observers import compute_qparams, fake_quant, qrange
@@ -61,8 +62,8 @@ def test_8_bit_within_half_a_point(demo_model, calib, fp32_acc):
     assert fp32_acc - r.accuracy["quantized"] <= 0.005
     assert not r.real and "not faster" in r.notes[0]
     rep = r.report
-    assert set(rep.index) == set(nbopt.quantization.options.quantizable_layers(
-        nbopt.quantization.simulate.fold_batchnorm(demo.load_model())))
+    assert set(rep.index) == set(weighted_layers(
+        eval_folded(demo.load_model())))
     assert (rep.weight_bits == 8).all() and (rep.granularity == "per_channel").all()
     assert (rep.weight_sqnr_db > 35).all() and (rep.output_sqnr_db > 25).all()
     assert (rep.scale_min <= rep.scale_max).all()

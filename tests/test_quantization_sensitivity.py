@@ -100,8 +100,8 @@ def test_the_cache_is_left_unchanged_between_trials():
     calib = [torch.randn(4, 3, 16, 16)]
     first = nbopt.sensitivity(model, calib, bits=(4, 2), progress=False)
     from nbopt.quantization.activation_cache import ActivationCache, trace
-    from nbopt.quantization.simulate import fold_batchnorm
-    folded = fold_batchnorm(TinyResNet().eval())
+    from nbopt.layers import eval_folded
+    folded = eval_folded(TinyResNet().eval())
     cache = ActivationCache(trace(folded, calib[0]), calib, ["blocks.0.down"], variants=2)
     snapshot = {n: v.clone() for n, v in cache.envs[0].items() if isinstance(v, torch.Tensor)}
     w = folded.blocks[0].down.weight.detach().clone()
@@ -125,7 +125,7 @@ def test_plot_has_a_row_per_layer_and_a_column_per_bit_width():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from nbopt.plots.quantization import plot_sensitivity, sensitivity_matrix
+    from nbopt.display.figures import plot_sensitivity, sensitivity_matrix
 
     df = nbopt.sensitivity(TinyResNet().eval(), torch.randn(4, 3, 16, 16), bits=(8, 4, 2), progress=False)
     for value in ("drop", "sqnr"):
@@ -143,11 +143,11 @@ def test_plot_has_a_row_per_layer_and_a_column_per_bit_width():
 def test_image_models_run_their_trials_channels_last_with_the_same_values():
     """Channels-last is only a faster layout: each trial's outputs equal a contiguous cache's."""
     from nbopt.quantization.activation_cache import ActivationCache, trace
-    from nbopt.quantization.simulate import fold_batchnorm
+    from nbopt.layers import eval_folded
 
     import copy
 
-    calib, folded = [torch.randn(4, 3, 16, 16), torch.randn(2, 3, 16, 16)], fold_batchnorm(TinyResNet().eval())
+    calib, folded = [torch.randn(4, 3, 16, 16), torch.randn(2, 3, 16, 16)], eval_folded(TinyResNet().eval())
     caches = {layout: ActivationCache(trace(copy.deepcopy(folded), calib[0]), calib,
                                       ["stem", "blocks.1.conv2"], variants=2, layout=layout)
               for layout in ("channels_last", "contiguous")}

@@ -11,7 +11,6 @@ ones bundled with scikit-image plus matplotlib's sample ``grace_hopper.jpg``.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, require
 from ..inputs import check_module
 from ..model_state import preserved
 
@@ -37,10 +36,7 @@ _EXTRA = 'pip install "nbopt[realimages]"'
 
 
 def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise NboptError(f"the real-images demo needs {module.split('.')[0]}; install it with `{_EXTRA}`.") from None
+    return require(module, extra="realimages", purpose="the real-images demo")
 
 
 def load_efficientnet_lite0() -> nn.Module:

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, require
 from ..inputs import as_args, check_device, check_module
 from ..model_state import working_copy
 from .errors import export_error
@@ -89,11 +89,9 @@ def graph_ops(program: torch.export.ExportedProgram) -> pd.DataFrame:
 
 def onnx_support(ops: pd.Series) -> pd.Series:
     """'yes (opset N)' when torchlib translates the op, 'decomposed' when it lowers to translated ops, else 'no'."""
-    try:
-        from torch.onnx._internal.exporter._registration import ONNXRegistry
-    except ImportError:
-        raise NboptError("the onnx target needs onnxscript; install nbopt[int8] "
-                         "(`pip install onnx onnxscript onnxruntime`).") from None
+    require("onnxscript", extra="deploy", purpose="the onnx target")
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
     registry = ONNXRegistry.from_torchlib()
     decomps = torch.export.default_decompositions()
     lookup = {}

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, require
 from ..inputs import as_args, call, check_device, check_module, tensors_in
 from ..model_state import working_copy
 from ..timing import compare
@@ -150,12 +150,10 @@ def write_torchscript(model: nn.Module, inputs: Any, tmp: Path) -> list[str]:
 
 def lower_executorch(model: nn.Module, inputs: Any):
     """torch.export -> edge dialect -> XNNPACK-delegated ExecuTorch program manager."""
-    try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-    except ImportError as exc:
-        raise NboptError(f"format='executorch' needs the executorch package ({exc}); install it with "
-                         "`pip install nbopt[deploy]` (executorch 1.5.1 installs beside torch 2.14.1).") from None
+    require("executorch.exir", extra="deploy", purpose="format='executorch'")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -215,11 +213,7 @@ def executorch_operators(edge: Any) -> dict[str, int]:
 
 
 def onnx_runner(path: Path, inputs: Any) -> Callable[[], Any]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise NboptError("checking an ONNX export needs onnxruntime; install nbopt[int8] "
-                         "(`pip install onnxruntime`).") from None
+    ort = require("onnxruntime", extra="deploy", purpose="checking an ONNX export")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1

@@ -6,15 +6,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-
-from ..inputs import call, channels_last, check_device, check_module
+from ..inputs import call, channels_last, check_device, check_module, tensors_in
+from ..layers import drop_training_only, fold_batchnorm
 from ..model_state import working_copy
 from ..timing import compare
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_TRAINING_ONLY = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 @dataclass
@@ -35,89 +31,8 @@ class FuseResult:
                 f"max_abs_diff={self.max_abs_diff:.2e}, method={self.method!r}{lat})")
 
 
-def _called_once(gm: torch.fx.GraphModule) -> dict[str, int]:
-    """How many times each submodule is called in the traced graph."""
-    counts: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
-
-
-def pairs_from_graph(model: nn.Module) -> list[tuple[str, str]]:
-    """(layer, batchnorm) pairs where the BN consumes only that layer's output, found with torch.fx."""
-    gm = torch.fx.symbolic_trace(model)
-    mods = dict(model.named_modules())
-    counts = _called_once(gm)
-    pairs = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), _BN):
-            continue
-        prev = node.args[0] if node.args else None
-        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
-            continue
-        if isinstance(mods.get(prev.target), _FOLDABLE) and counts[prev.target] == 1 == counts[node.target]:
-            pairs.append((prev.target, node.target))
-    return pairs
-
-
-def pairs_from_sequential(model: nn.Module) -> list[tuple[str, str]]:
-    """Fallback when tracing fails: adjacent (layer, batchnorm) children of every nn.Sequential."""
-    pairs = []
-    for name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        kids = list(seq.named_children())
-        for (a, ma), (b, mb) in zip(kids, kids[1:]):
-            if isinstance(ma, _FOLDABLE) and isinstance(mb, _BN):
-                prefix = f"{name}." if name else ""
-                pairs.append((prefix + a, prefix + b))
-    return pairs
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
-def _fold(layer: nn.Module, bn: nn.Module) -> nn.Module | None:
-    """The folded layer, or None when shapes do not line up (e.g. BN over another axis)."""
-    out = layer.out_channels if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) else layer.out_features
-    if bn.num_features != out or bn.running_mean is None or getattr(layer, "transposed", False):
-        return None
-    if isinstance(layer, nn.Linear):
-        return fuse_linear_bn_eval(layer, bn)
-    return fuse_conv_bn_eval(layer, bn)
-
-
-def fold_batchnorm(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
-    """Fold BN into the preceding conv/linear of ``model`` in place (``model`` must be a copy in eval mode)."""
-    try:
-        pairs, method = pairs_from_graph(model), "fx"
-    except Exception:  # data-dependent control flow, unsupported Python: use module adjacency
-        pairs, method = pairs_from_sequential(model), "sequential"
-    done = []
-    for layer_name, bn_name in pairs:
-        fused = _fold(model.get_submodule(layer_name), model.get_submodule(bn_name))
-        if fused is not None:
-            _set(model, layer_name, fused)
-            _set(model, bn_name, nn.Identity())
-            done.append((layer_name, bn_name))
-    return done, method
-
-
-def drop_training_only(model: nn.Module) -> list[str]:
-    """Replace Dropout-like modules (identities at inference) with nn.Identity, in place."""
-    names = [n for n, m in model.named_modules() if n and isinstance(m, _TRAINING_ONLY)]
-    for name in names:
-        _set(model, name, nn.Identity())
-    return names
-
-
 def max_abs_diff(a: Any, b: Any) -> float:
     """Largest absolute difference between two (nested) outputs of the same structure."""
-    from ..inputs import tensors_in
-
     ta, tb = list(tensors_in(a)), list(tensors_in(b))
     if len(ta) != len(tb):
         return float("inf")

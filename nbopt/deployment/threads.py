@@ -25,7 +25,7 @@ def threads_sweep(model: nn.Module, inputs: Any, threads: Iterable[int] = (1, 2)
     """Median latency of ``model(inputs)`` with ``torch.set_num_threads(n)`` for each ``n``.
 
     Columns: threads, latency_ms, speedup (over the first entry), efficiency (speedup / threads ratio).
-    The process's thread count is restored afterwards. Plot with ``nbopt.plots.deployment.plot_threads``.
+    The process's thread count is restored afterwards. Plot with ``nbopt.display.figures.plot_threads``.
     """
     values = _check_threads(threads)
     check_module(model)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import shlex
 from typing import Any, Iterator
 
 from IPython.core.error import UsageError
@@ -33,17 +32,13 @@ def evaluate(shell: Any, expr: str, what: str) -> Any:
         raise UsageError(f"could not evaluate {what} `{expr}`: {describe_exception(exc)}") from None
 
 
-def split_words(text: str) -> list[str]:
-    """Shell-like split of a magic's free-form argument text."""
-    return shlex.split(text)
-
-
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
-    """Turn the core's clear ValueError/TypeError messages into UsageError (no traceback in the notebook)."""
+    """Show nbopt's deliberate errors (:class:`~nbopt.errors.NboptError`: bad input, a missing extra) as one
+    UsageError line; any other exception is a bug and keeps its traceback."""
     try:
         yield
-    except (NboptError, TypeError, ValueError) as exc:
+    except NboptError as exc:
         raise UsageError(str(exc)) from None
 
 

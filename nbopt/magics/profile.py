@@ -10,7 +10,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import HTML, display
 from torch import nn
 
-from .. import render
+from ..display import figures, tables
 from ..errors import describe_exception
 from ..profiling import Profile, profile, profile_code
 from .common import evaluate, parse, store, usage_errors
@@ -125,9 +125,9 @@ class ProfileMagics(Magics):
                                 ignore_ops=ignore, repeat=opts.repeat)
 
     def _show(self, prof: Profile, opts: Any) -> None:
-        display(HTML(render.profile_html(prof, top=opts.top, by=opts.by, depth=opts.depth)))
+        display(HTML(tables.profile_html(prof, top=opts.top, by=opts.by, depth=opts.depth)))
         if opts.plot:
             import matplotlib.pyplot as plt
-            fig = render.plot_profile(prof, k=opts.top or 10)
+            fig = figures.plot_profile(prof, k=opts.top or 10)
             display(fig)
             plt.close(fig)

@@ -26,7 +26,7 @@ def _bit_list(text: str) -> tuple[int, ...]:
 def _show_sensitivity(df) -> None:
     import matplotlib.pyplot as plt
 
-    from ..plots.quantization import plot_sensitivity
+    from ..display.figures import plot_sensitivity
 
     display(df)
     fig = plot_sensitivity(df)

@@ -1,4 +1,4 @@
-"""Interactive ipywidgets panels (front-ends only: widgets -> nbopt core -> render).
+"""Interactive ipywidgets panels (front-ends only: widgets -> nbopt core -> nbopt.display).
 
 ``ProfilePanel(profile)``, ``PruningPanel(model, inputs, evaluate=None)``,
 ``QuantizationPanel(model, calib, evaluate=None)``. Importing this package imports ipywidgets;

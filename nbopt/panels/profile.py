@@ -7,7 +7,9 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import render
+from ..display import tables
+from ..display import format as fmt
+from ..errors import InputTypeError
 from ..profiling import Profile
 from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, show_figure
 
@@ -40,7 +42,7 @@ class ProfilePanel:
     def __init__(self, profile: Profile, *, top: int = 10, metric: str = "macs", by: str = "layer",
                  depth: int = 1, plot: bool = True, debounce: float = DEFAULT_DEBOUNCE_S) -> None:
         if not isinstance(profile, Profile):
-            raise TypeError(f"ProfilePanel takes an nbopt Profile (from nbopt.profile(model, inputs)), "
+            raise InputTypeError(f"ProfilePanel takes an nbopt Profile (from nbopt.profile(model, inputs)), "
                             f"got {type(profile).__name__}; use ProfilePanel.from_model(model, inputs) for a model.")
         self.profile = profile
         metrics = [m for m in METRICS if m in profile.table.columns and
@@ -55,8 +57,8 @@ class ProfilePanel:
         self.metric = widgets.Dropdown(options=metrics, value=metric if metric in metrics else "macs",
                                        description="metric")
         self.show_plot = widgets.Checkbox(value=plot, description="plot")
-        self.summary = widgets.HTML(f"<b>{html.escape(render.summary_line(profile))}</b>")
-        notes = render.uncounted_line(profile)
+        self.summary = widgets.HTML(f"<b>{html.escape(tables.summary_line(profile))}</b>")
+        notes = tables.uncounted_line(profile)
         self.notes = widgets.HTML(f"<p>{html.escape(notes)}</p>" if notes else "")
         self.status = widgets.HTML("")
         self.table = widgets.HTML()
@@ -98,12 +100,12 @@ class ProfilePanel:
     def refresh(self) -> None:
         by, metric = self.by.value, self.metric.value
         self.depth.layout.visibility = "visible" if by == "depth" else "hidden"
-        rows = render.view(self.profile, by="type" if by == "type" else "layer",
+        rows = tables.view(self.profile, by="type" if by == "type" else "layer",
                            depth=self.depth.value if by == "depth" else None)
         sort = metric if metric in rows.columns else ("latency_ms" if metric == "self_latency_ms" else "macs")
         rows = rows.sort_values(sort, ascending=False).head(self.top.value)
         self.rows = rows
-        self.table.value = render.format_table(render.shown_columns(rows)).to_html(escape=True)
+        self.table.value = fmt.format_table(tables.shown_columns(rows)).to_html(escape=True)
         if self.show_plot.value:
             label = {"layer": "layers", "type": "layer types", "depth": f"modules at depth {self.depth.value}"}[by]
             self.figure = bar_figure(rows, sort, f"Top {len(rows)} {label} by {sort}")

@@ -14,9 +14,9 @@ import ipywidgets as widgets
 import pandas as pd
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import InputTypeError, NboptError
 from ..inputs import check_module
-from ..render import readable, readable_bytes
+from ..display.format import readable, readable_bytes
 from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, percent, show_figure, table_html
 
 TABLE_COLUMNS = ["type", "sparsity", "params_before", "params_after", "dense_macs", "effective_macs",
@@ -68,7 +68,7 @@ class PruningPanel:
 
         check_module(model)
         if evaluate is not None and not callable(evaluate):
-            raise TypeError("evaluate must be a function model -> accuracy (e.g. nbopt.demo.evaluate), "
+            raise InputTypeError("evaluate must be a function model -> accuracy (e.g. nbopt.demo.evaluate), "
                             f"got {type(evaluate).__name__}")
         if measure_latency not in (True, False, "button"):
             raise NboptError(f"measure_latency must be True, False or 'button', got {measure_latency!r}")

@@ -15,9 +15,9 @@ import ipywidgets as widgets
 import pandas as pd
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import InputTypeError, NboptError
 from ..inputs import check_module
-from ..render import readable_bytes
+from ..display.format import readable_bytes
 from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, table_html
 
 REPORT_COLUMNS = ["type", "weight_bits", "act_bits", "granularity", "symmetric", "weight_sqnr_db", "output_sqnr_db"]
@@ -45,7 +45,7 @@ class QuantizationPanel:
             raise NboptError("QuantizationPanel needs calibration data (a tensor, DataLoader or list of batches), "
                              "e.g. nbopt.demo.calibration_data()")
         if evaluate is not None and not callable(evaluate):
-            raise TypeError("evaluate must be a function model -> accuracy (e.g. nbopt.demo.evaluate), "
+            raise InputTypeError("evaluate must be a function model -> accuracy (e.g. nbopt.demo.evaluate), "
                             f"got {type(evaluate).__name__}")
         from ..quantization.tuner import QuantTuner
 
@@ -237,9 +237,9 @@ class QuantizationPanel:
         return r
 
     def _layer_options(self) -> list[str]:
-        from ..quantization.options import quantizable_layers
+        from ..layers import weighted_layers
 
-        return list(quantizable_layers(self.model))
+        return list(weighted_layers(self.model))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import NboptError
-
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+from ..errors import InputTypeError, NboptError
+from ..inputs import check_finite_weights
+from ..layers import WEIGHTED
 
 
 @dataclass
@@ -71,15 +71,7 @@ class LayerMask:
 
 def check_finite_parameters(model: nn.Module) -> None:
     """Raise naming the first parameter or buffer that holds NaN or Inf (magnitudes could not be ranked)."""
-    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
-    for what, name, t in tensors + [("buffer", n, t) for n, t in model.named_buffers()]:
-        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
-            continue
-        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-        raise NboptError(f"{what} {name!r} holds {kind} values ({int((~torch.isfinite(t)).sum())} of "
-                         f"{t.numel()}), so its weights cannot be ranked for pruning. Fix the model first: reload "
-                         "a good checkpoint or find where training diverged "
-                         f"(torch.isfinite(model.state_dict()[{name!r}]).all() is False).")
+    check_finite_weights(model, "its weights cannot be ranked for pruning")
 
 
 def prunable_layers(model: nn.Module, layers: list[str] | None = None,
@@ -88,7 +80,7 @@ def prunable_layers(model: nn.Module, layers: list[str] | None = None,
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, m in model.named_modules():
-        if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor) \
+        if isinstance(m, WEIGHTED) and isinstance(getattr(m, "weight", None), torch.Tensor) \
                 and id(m.weight) not in seen:
             seen.add(id(m.weight))
             found[name] = m
@@ -109,7 +101,7 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def _all_prunable(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    return [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
 
 
 def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] | None, what: str) -> None:
@@ -117,7 +109,7 @@ def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] 
     if names is None:
         return
     if isinstance(names, str):
-        raise TypeError(f"{what}= takes a list of layer names, e.g. {what}=[{names!r}]")
+        raise InputTypeError(f"{what}= takes a list of layer names, e.g. {what}=[{names!r}]")
     modules = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(_matches(n, pattern) for n in modules):

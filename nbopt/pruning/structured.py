@@ -15,22 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, require
 from ..inputs import as_args
+from ..layers import BATCH_NORMS, CONVS, WEIGHTED
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CRITERIA = ("l1", "l2", "bn")
 
 
 def import_tp() -> Any:
     """torch_pruning, or an error naming the extra to install."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise NboptError("structured pruning needs Torch-Pruning: `pip install nbopt[prune]` "
-                         "(or prune unstructured with structured=False).") from None
-    return tp
+    return require("torch_pruning", extra="prune", package="Torch-Pruning",
+                   purpose="structured pruning (or prune unstructured with structured=False)")
 
 
 @dataclass
@@ -87,7 +82,7 @@ def output_layers(dg: Any) -> list[nn.Module]:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node.module, _CONV + (nn.Linear,)):
+        if isinstance(node.module, WEIGHTED):
             found.append(node.module)
         else:
             stack.extend(node.inputs)
@@ -98,10 +93,10 @@ def _blocker(dg: Any, group: Any) -> str | None:
     """The first member we cannot follow (not Conv/Linear/BN nor a traced functional op), else None."""
     for item in group:
         m = item.dep.target.module
-        if isinstance(m, _CONV) and m.groups not in (1, m.in_channels) \
+        if isinstance(m, CONVS) and m.groups not in (1, m.in_channels) \
                 and not dg.is_out_channel_pruning_fn(item.dep.handler):
             return f"{dg._module2name.get(m, m)} (grouped convolution)"
-        if isinstance(m, _CONV + _BN + (nn.Linear,)):
+        if isinstance(m, WEIGHTED + BATCH_NORMS):
             continue
         if isinstance(m, nn.Module) and type(m).__module__.startswith("torch_pruning"):
             continue  # traced functional op: add, cat, split, reshape, flatten ...
@@ -126,12 +121,12 @@ def build_groups(model: nn.Module, example_inputs: Any, roots: set[str], criteri
         raise NboptError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     dg = build_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg) + [m for m, n in names.items() if isinstance(m, _CONV + (nn.Linear,))
+    ignored = output_layers(dg) + [m for m, n in names.items() if isinstance(m, WEIGHTED)
                                    and n not in roots]
     scorer = _importance(criterion)
     groups, blocked = [], []
     with torch.no_grad():
-        for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_CONV + (nn.Linear,)):
+        for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=WEIGHTED):
             root = names[group[0].dep.target.module]
             reason = _blocker(dg, group)
             if reason is not None:
@@ -152,7 +147,7 @@ def _channel_group(dg: Any, group: Any, root: str, names: dict, scorer: Any) -> 
     members, member_names = [], []
     for item in group:
         m = item.dep.target.module
-        if isinstance(m, _CONV + _BN + (nn.Linear,)):
+        if isinstance(m, WEIGHTED + BATCH_NORMS):
             members.append(Member(m, dg.is_out_channel_pruning_fn(item.dep.handler),
                                   torch.as_tensor(list(item.idxs), dtype=torch.long),
                                   torch.as_tensor(list(item.root_idxs), dtype=torch.long)))
@@ -204,9 +199,9 @@ def remove_channels(model: nn.Module, example_inputs: Any, groups: list[ChannelG
     names = {m: n for n, m in model.named_modules()}
     by_root = {g.root: g for g in groups if not g.heads}
     roots = [m for m, n in names.items() if n in by_root and kept[n] < by_root[n].channels]
-    ignored = output_layers(dg) + [m for m, n in names.items() if isinstance(m, _CONV + (nn.Linear,))
+    ignored = output_layers(dg) + [m for m, n in names.items() if isinstance(m, WEIGHTED)
                                    and n not in allowed]
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_CONV + (nn.Linear,)):
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=WEIGHTED):
         root_module = group[0].dep.target.module
         if root_module not in roots:
             continue

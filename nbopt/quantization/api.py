@@ -7,17 +7,17 @@ from torch import nn
 
 from ..errors import NboptError
 from ..inputs import call, check_finite, check_module
-from ..model_state import size_bytes, working_copy
+from ..layers import eval_folded, weighted_layers
+from ..model_state import disk_bytes, size_bytes, working_copy
 from ..timing import compare
 from .calibration import first_input, run_batches
 from .int8 import BUILDERS, Int8Program
 from .metrics import fidelity
-from .options import (BACKENDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names,
-                      quantizable_layers)
+from .options import BACKENDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
-from .simulate import attach, calibrate, fold_batchnorm, weight_qparams
-from .sizes import deployable_bytes, disk_bytes, fp32_sizes
+from .simulate import attach, calibrate, weight_qparams
+from .sizes import deployable_bytes, fp32_sizes
 
 
 def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_bits: int | None = 8,
@@ -44,7 +44,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     if example is not None:
         check_finite(example, "calibration inputs")
     reference = working_copy(model).eval()
-    folded = fold_batchnorm(working_copy(model))
+    folded = eval_folded(working_copy(model))
     if mode == "simulate":
         return _simulate(reference, folded, calib, example, opts, evaluate, progress, repeat)
     return _real(reference, folded, calib, example, opts, mode, backend, evaluate, progress, repeat)
@@ -103,7 +103,7 @@ def _real(reference, folded, calib, example, opts, mode, backend, evaluate, prog
         raise NboptError(" | ".join(f"{k}: {v}" for k, v in errors.items()))
     program, reason = _pick(programs, errors, example, repeat)
     w8 = opts.with_(weight_bits=8, granularity="per_channel", symmetric=True, observer="minmax", layer_bits={})
-    qparams = {n: weight_qparams(m.weight, 8, w8) for n, m in quantizable_layers(folded).items()}
+    qparams = {n: weight_qparams(m.weight, 8, w8) for n, m in weighted_layers(folded).items()}
     sizes = {"fp32": fp32_sizes(reference),
              "quantized": {"dense": program.dense_bytes, "disk": program.disk_bytes,
                            "deployable": deployable_bytes(folded, {n: 8 for n in qparams})}}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import NboptError, require
 from ..inputs import as_args, tensors_in
 from .calibration import calibration_inputs, run_batches
 from .capture import capture_error
@@ -31,10 +31,7 @@ class Int8Program:
 
 
 def _need(module: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise NboptError(f"the int8 path needs {module}; install it with `pip install nbopt[int8]`.") from None
+    require(module, extra="int8", purpose="the int8 path")
 
 
 def _export_example(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

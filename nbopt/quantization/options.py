@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from ..errors import NboptError
+from ..inputs import check_finite_weights as _check_finite_weights
+from ..layers import weighted_layers
 
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("minmax", "percentile", "mse")
 MODES = ("simulate", "int8", "dynamic")
 BACKENDS = ("auto", "pt2e", "onnxruntime")
-QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def check_bits(bits: int | None, what: str = "weight_bits", allow_none: bool = False) -> None:
@@ -61,14 +62,9 @@ class QuantOptions:
         return int(self.layer_bits.get(name, self.weight_bits)) if self.layer_bits else self.weight_bits
 
 
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/Linear layers by qualified name: the layers quantization acts on."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
-
-
 def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: str = "layer_bits") -> None:
     """Every name must be a quantizable layer of ``model``; suggest the closest ones otherwise."""
-    layers = quantizable_layers(model)
+    layers = weighted_layers(model)
     for name in names or {}:
         if name not in layers:
             close = difflib.get_close_matches(name, list(layers), n=3)
@@ -79,13 +75,4 @@ def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: s
 
 def check_finite_weights(model: nn.Module) -> None:
     """Raise naming the first parameter or buffer that holds NaN or Inf (scales would be meaningless)."""
-    tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()]
-    for name, t in tensors:
-        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
-            continue
-        bad = int((~torch.isfinite(t)).sum())
-        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-        raise NboptError(
-            f"{name!r} holds {kind} values ({bad} of {t.numel()}), so no quantization scale can represent it. "
-            "Fix the model first: reload a good checkpoint or find where training diverged "
-            f"(check torch.isfinite(model.state_dict()[{name!r}]).all()).")
+    _check_finite_weights(model, "no quantization scale can represent it")

@@ -10,10 +10,11 @@ from tqdm.auto import tqdm
 
 from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import check_module
+from ..layers import eval_folded, weighted_layers
 from ..model_state import working_copy
 from .api import quantize
 from .options import QuantOptions, check_finite_weights, check_layer_names
-from .simulate import act_quantizers, attach, bake, calibrate, fold_batchnorm
+from .simulate import act_quantizers, attach, bake, calibrate
 
 
 def _labelled(train_data: Any):
@@ -51,7 +52,7 @@ def qat(model: nn.Module, train_data: Any, loss_fn: Callable[[torch.Tensor, torc
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
     calib = calib if calib is not None else [x for x, _ in _labelled(train_data)]
-    trained, stopped = _train(fold_batchnorm(working_copy(model)), train_data, loss_fn, opts, epochs, lr, calib,
+    trained, stopped = _train(eval_folded(working_copy(model)), train_data, loss_fn, opts, epochs, lr, calib,
                               progress, on_interrupt)
     result = quantize(model, calib, **{k: getattr(opts, k) for k in keys - {"layer_bits"}},
                       layer_bits=opts.layer_bits or None, evaluate=evaluate, progress=progress, repeat=3)
@@ -110,8 +111,7 @@ def _replace_model(result, trained: nn.Module, model: nn.Module, calib, opts: Qu
     if evaluate is not None:
         result.accuracy["post_training_quantized"] = result.accuracy["quantized"]
         result.accuracy["quantized"] = float(evaluate(trained))
-    from .options import quantizable_layers
-    qparams = {n: weight_qparams(m.weight, opts.bits_for(n), opts) for n, m in quantizable_layers(trained).items()}
+    qparams = {n: weight_qparams(m.weight, opts.bits_for(n), opts) for n, m in weighted_layers(trained).items()}
     result.report = layer_report(trained, None, qparams, opts, None)
     result.notes.append("QAT: weights fine-tuned with fake quantization (straight-through gradients); "
                         "'post_training_quantized' accuracy is the same settings without QAT.")

@@ -8,9 +8,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..layers import weighted_layers
 from ..inputs import call
 from .observers import QParams, fake_quant, sqnr_db
-from .options import QuantOptions, quantizable_layers
+from .options import QuantOptions
 
 COLUMNS = ["type", "weight_bits", "act_bits", "granularity", "symmetric", "observer", "scale_min",
            "scale_max", "weight_sqnr_db", "output_sqnr_db", "real_int8"]
@@ -38,7 +39,7 @@ def layer_report(fp32: nn.Module, quantized: nn.Module | None, qparams: dict[str
     ``quantized`` is the simulated model, or None for real int8 programs whose internals are not
     observable (output SQNR is then NaN; see the end-to-end fidelity instead).
     """
-    layers = quantizable_layers(fp32)
+    layers = weighted_layers(fp32)
     names = [n for n in layers if n in qparams]
     ref_out = layer_outputs(fp32, names, inputs) if inputs is not None and quantized is not None else {}
     q_out = layer_outputs(quantized, names, inputs) if ref_out else {}

@@ -17,13 +17,14 @@ from tqdm.auto import tqdm
 
 from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import call, check_module
+from ..layers import eval_folded, weighted_layers
 from ..model_state import working_copy
 from .activation_cache import ActivationCache, trace
 from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
-from .options import QuantOptions, check_bits, check_finite_weights, quantizable_layers
-from .simulate import fold_batchnorm, weight_qparams
+from .options import QuantOptions, check_bits, check_finite_weights
+from .simulate import weight_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
 
@@ -49,7 +50,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
     drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib`` (1 - cosine for
     non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32. Plot it with
-    ``nbopt.plots.quantization.plot_sensitivity(df)``.
+    ``nbopt.display.figures.plot_sensitivity(df)``.
 
     Interrupting the sweep (Ctrl-C, the notebook's stop button) with ``on_interrupt="return"`` (default),
     once at least one layer is done, returns the finished layers with ``df.attrs["partial"] = True`` and a
@@ -66,8 +67,8 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     inputs = list(calibration_inputs(calib))
     if not inputs:
         raise NboptError(EMPTY_CALIBRATION)
-    folded = fold_batchnorm(working_copy(model))
-    layers = quantizable_layers(folded)
+    folded = eval_folded(working_copy(model))
+    layers = weighted_layers(folded)
     trial, used, batched, layout = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
     rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise")
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()

@@ -1,4 +1,4 @@
-"""Simulated ("fake") quantization at any bit width: BN folding, weight and activation quantizers.
+"""Simulated ("fake") quantization at any bit width: weight and activation quantizers.
 
 A simulated model computes in float32 with values rounded to the quantization grid: it predicts the
 accuracy of a quantized deployment but is *not* faster or smaller in memory.
@@ -11,25 +11,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..layers import weighted_layers
 from .calibration import run_batches
 from .observers import QParams, compute_qparams, fake_quant
-from .options import QuantOptions, quantizable_layers
+from .options import QuantOptions
 
 ACT_SAMPLES = 2 ** 16  # values kept per batch for percentile/MSE activation observers
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold eval-mode BatchNorm into the preceding Conv/Linear, in place on a copy; returns ``model``.
-
-    The model keeps its class, module names and ``forward`` signature (optional arguments such as
-    ``mask=None`` keep working): pairs are found on a torch.fx trace, or inside ``nn.Sequential`` when the
-    model cannot be traced, and each folded BN becomes ``nn.Identity``.
-    """
-    from ..deployment.fuse import fold_batchnorm as fold_pairs
-
-    model.eval()
-    fold_pairs(model)
-    return model
 
 
 class ActQuant(nn.Module):
@@ -93,7 +80,7 @@ def attach(model: nn.Module, options: QuantOptions, *, trainable: bool = False) 
     the float weights through straight-through gradients. Returns the weight qparams by layer name.
     """
     qparams = {}
-    for name, layer in quantizable_layers(model).items():
+    for name, layer in weighted_layers(model).items():
         bits = options.bits_for(name)
         if trainable:
             parametrize.register_parametrization(layer, "weight", WeightFakeQuant(bits, options))
@@ -129,7 +116,7 @@ def calibrate(model: nn.Module, calib: Any, *, progress: bool = True) -> None:
 def bake(model: nn.Module) -> dict[str, QParams]:
     """Replace QAT parametrizations by the final rounded weights; returns their qparams."""
     out = {}
-    for name, layer in quantizable_layers(model).items():
+    for name, layer in weighted_layers(model).items():
         if parametrize.is_parametrized(layer, "weight"):
             fq = layer.parametrizations.weight[0]
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)

@@ -1,20 +1,10 @@
 """Model sizes three ways: dense in memory, on disk, and deployable (packed weights + qparams)."""
 from __future__ import annotations
 
-import io
-
-import torch
 from torch import nn
 
-from ..model_state import size_bytes
-from .options import quantizable_layers
-
-
-def disk_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
+from ..layers import weighted_layers
+from ..model_state import disk_bytes, size_bytes
 
 
 def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool = True,
@@ -23,7 +13,7 @@ def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool
 
     ``folded`` is the BN-folded float model; fp32 copies some converted programs keep are not counted.
     """
-    layers = quantizable_layers(folded)
+    layers = weighted_layers(folded)
     quantized = {id(layers[n].weight) for n in bits if n in layers}
     total = sum(t.numel() * t.element_size() for t in list(folded.parameters()) + list(folded.buffers())
                 if id(t) not in quantized)

@@ -18,14 +18,15 @@ from torch import nn
 
 from ..errors import NboptError
 from ..inputs import check_finite, check_module
-from ..model_state import size_bytes, working_copy
+from ..layers import eval_folded, weighted_layers
+from ..model_state import disk_bytes, size_bytes, working_copy
 from .calibration import first_input, run_batches
 from .metrics import fidelity
 from .observers import QParams
-from .options import QuantOptions, check_layer_names, quantizable_layers
+from .options import QuantOptions, check_layer_names
 from .report import layer_report
-from .simulate import act_quantizers, attach, fold_batchnorm
-from .sizes import deployable_bytes, disk_bytes, fp32_sizes
+from .simulate import act_quantizers, attach
+from .sizes import deployable_bytes, fp32_sizes
 
 CACHE_SIZE = 32  # weight settings whose calibration observations are kept
 
@@ -64,9 +65,9 @@ class QuantTuner:
         self.example = first_input(calib)
         check_finite(self.example, "calibration inputs")
         self.reference = working_copy(model).eval()
-        self.folded = fold_batchnorm(working_copy(model))
+        self.folded = eval_folded(working_copy(model))
         self.model = working_copy(self.folded)
-        self._layers = quantizable_layers(self.model)
+        self._layers = weighted_layers(self.model)
         self._fp32 = {n: m.weight.detach().clone() for n, m in self._layers.items()}
         attach(self.model, self.base)  # installs the activation quantizers once (weights restored in set)
         self._quants = act_quantizers(self.model)

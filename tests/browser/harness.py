@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nbopt.panels.common import percent
-from nbopt.render import readable
+from nbopt.display.format import readable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -11,7 +11,8 @@ import pytest
 matplotlib.use("Agg")
 
 import nbopt  # noqa: E402
-from nbopt import demo, render  # noqa: E402
+from nbopt import demo  # noqa: E402
+from nbopt.display import format as fmt, tables  # noqa: E402
 from nbopt.panels.common import Debouncer  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def test_rows_equal_profile_views(prof):
     expected = prof.at_depth(1).sort_values("flops", ascending=False).head(20)
     pd.testing.assert_frame_equal(panel.rows, expected)
     # the HTML table is the renderer's formatting of those rows
-    assert panel.table.value == render.format_table(render.shown_columns(expected)).to_html(escape=True)
+    assert panel.table.value == fmt.format_table(tables.shown_columns(expected)).to_html(escape=True)
     assert panel.guard.last_error is None
 
 
@@ -68,7 +69,7 @@ def test_callback_error_is_shown_in_panel(prof, monkeypatch):
     def boom(*a, **k):
         raise nbopt.NboptError("broken view; do X instead")
 
-    monkeypatch.setattr(render, "view", boom)
+    monkeypatch.setattr(tables, "view", boom)
     panel.top.value = 3  # must not raise into the widget machinery
     assert "broken view; do X instead" in panel.status.value
     assert isinstance(panel.guard.last_error, nbopt.NboptError)

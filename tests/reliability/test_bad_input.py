@@ -334,9 +334,9 @@ def test_quantize_rejects_non_finite_weights(bad, kind, entry):
     m = small_cnn()
     with torch.no_grad():
         m[3].weight[0, 0] = bad
-    raises(NboptError, rf"'3\.weight' holds {kind} values \(1 of 384\), so no quantization scale can represent it\. "
-                       r"Fix the model first: reload a good checkpoint or find where training diverged "
-                       r"\(check torch\.isfinite\(model\.state_dict\(\)\['3\.weight'\]\)\.all\(\)\)\.$",
+    raises(NboptError, rf"parameter '3\.weight' holds {kind} values \(1 of 384\), so no quantization scale can "
+                       r"represent it\. Fix the model first: reload a good checkpoint or find where training diverged "
+                       r"\(torch\.isfinite\(model\.state_dict\(\)\['3\.weight'\]\)\.all\(\) is False\)\.$",
            fn, m, X, progress=False, model=m)  # the snapshot compares NaN bit for bit
 
 

@@ -1,7 +1,6 @@
 """``optimize``: profile -> fuse -> prune -> quantize -> export -> verify, one measured row per step."""
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -10,13 +9,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import NboptError
-from ..inputs import batch_inputs, batches, call, check_device, check_module
-from ..model_state import working_copy
-from ..timing import compare
-from .export import ExportResult, check_format, export
-from .fuse import fuse
-from .runtime import RuntimeModule
+from .deployment.export import ExportResult, check_format, export
+from .deployment.fuse import fuse
+from .deployment.runtime import RuntimeModule
+from .errors import NboptError
+from .inputs import batch_inputs, batches, call, check_device, check_module
+from .model_state import disk_bytes, working_copy
+from .profiling import profile
+from .pruning import Pruner
+from .quantization import quantize
+from .quantization.metrics import fidelity
+from .timing import compare
 
 STEPS = ("profile", "fuse", "prune", "quantize", "export", "verify")
 COLUMNS = ["step", "status", "params", "macs", "file_bytes", "latency_ms", "original_latency_ms", "speedup",
@@ -61,17 +64,8 @@ def check_steps(steps: Iterable[str]) -> list[str]:
     return [s for s in STEPS if s in names]
 
 
-def state_dict_bytes(model: nn.Module) -> int:
-    """Size of ``torch.save(model.state_dict())``: the checkpoint a step would ship."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
 def count(model: nn.Module, inputs: Any) -> tuple[float, float]:
     """(params, MACs) from nbopt.profile."""
-    from ..profiling import profile
-
     p = profile(model, inputs, latency=False)
     return float(p.total_params), float(p.total_macs)
 
@@ -88,13 +82,6 @@ def outputs_on(model: nn.Module, calib: Any, limit: int) -> list[torch.Tensor]:
     return outs
 
 
-def fidelity(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> tuple[float, float]:
-    """(top-1 agreement, max |diff|) of ``outputs`` against ``reference``."""
-    ref, out = torch.cat([r.flatten(1) for r in reference]), torch.cat([o.flatten(1) for o in outputs])
-    agree = (ref.argmax(1) == out.argmax(1)).float().mean().item() if ref.shape[1] > 1 else math.nan
-    return agree, (ref - out).abs().max().item()
-
-
 class _Run:
     """Shared context of one optimize() call: the original model, inputs, measurements."""
 
@@ -107,7 +94,8 @@ class _Run:
     def row(self, step: str, state: _State, measured: nn.Module, note: str = "", status: str = "done") -> None:
         t = compare({"original": lambda: call(self.original, self.inputs),
                      "step": lambda: call(measured, self.inputs)}, repeat=self.repeat)
-        agree, diff = fidelity(self.reference, outputs_on(measured, self.calib, self.limit))
+        fid = fidelity(self.reference, outputs_on(measured, self.calib, self.limit))
+        agree, diff = fid.get("top1_agreement", math.nan), fid["max_abs_diff"]
         self.rows.append({"step": step, "status": status, "params": state.params, "macs": state.macs,
                           "file_bytes": state.file_bytes, "latency_ms": t["step"].median_ms,
                           "original_latency_ms": t["original"].median_ms,
@@ -157,7 +145,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
 
 def _profile(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
     state.params, state.macs = count(state.model, run.inputs)
-    state.file_bytes = state_dict_bytes(state.model)
+    state.file_bytes = disk_bytes(state.model)
     run.row("profile", state, state.model, "original model, eager PyTorch fp32")
 
 
@@ -165,7 +153,7 @@ def _fuse(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
     fused = fuse(state.model, run.inputs)
     state.model = fused.model
     state.params, state.macs = count(state.model, run.inputs)
-    state.file_bytes = state_dict_bytes(state.model)
+    state.file_bytes = disk_bytes(state.model)
     run.row("fuse", state, state.model, f"{len(fused.fused)} BatchNorms folded, {len(fused.removed)} "
                                         f"training-only modules removed (max |diff| {fused.max_abs_diff:.1e})")
 
@@ -175,11 +163,6 @@ def _prune(run: _Run, state: _State, result: OptimizeResult, *, prune_amount: fl
     if not prune_amount:
         run.skip("prune", "prune_amount=0")
         return
-    try:
-        from ..pruning import Pruner
-    except ImportError as exc:
-        run.skip("prune", f"nbopt.pruning is not available ({exc})")
-        return
     pruner = Pruner(state.model, run.inputs, progress=progress).set(amount=prune_amount, structured=True)
     state.model = pruner.export().eval()
     note = f"structured: {prune_amount:.0%} of channels removed"
@@ -188,16 +171,11 @@ def _prune(run: _Run, state: _State, result: OptimizeResult, *, prune_amount: fl
         state.model = (tuned if isinstance(tuned, nn.Module) else state.model).eval()
         note += ", fine-tuned"
     state.params, state.macs = count(state.model, run.inputs)
-    state.file_bytes = state_dict_bytes(state.model)
+    state.file_bytes = disk_bytes(state.model)
     run.row("prune", state, state.model, note)
 
 
 def _quantize(run: _Run, state: _State, result: OptimizeResult, *, backend: str, progress: bool, **_: Any) -> None:
-    try:
-        from ..quantization import quantize
-    except ImportError as exc:
-        run.skip("quantize", f"nbopt.quantization is not available ({exc})")
-        return
     q = quantize(state.model, run.calib, mode="int8", backend=backend, progress=progress, repeat=3)
     state.model = q.model
     state.file_bytes = q.size_bytes["quantized"]["disk"]

@@ -8,15 +8,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from thop import clever_format  # re-exported for users who know thop (a core dependency)
 from torch import nn
 
-from ..errors import NboptError
 from ..model_state import working_copy
-
-try:  # re-exported for users who know thop
-    from thop import clever_format
-except ImportError:  # pragma: no cover - thop is a hard dependency, but keep import errors readable
-    clever_format = None  # type: ignore[assignment]
 
 
 def _ignore_rule(m: nn.Module, x: Any, y: Any) -> None:
@@ -26,10 +21,8 @@ def _ignore_rule(m: nn.Module, x: Any, y: Any) -> None:
 def thop_layer_macs(model: nn.Module, args: tuple, custom_ops: dict | None = None,
                     ignore_ops: tuple[type, ...] = ()) -> tuple[float, dict[str, float]]:
     """thop's total MACs and its *inclusive* MACs per qualified module name."""
-    try:
-        import thop
-    except ImportError:
-        raise NboptError("engine='thop' needs thop: pip install ultralytics-thop") from None
+    import thop
+
     rules: dict[type, Callable] = dict(custom_ops or {})
     rules.update({t: _ignore_rule for t in ignore_ops})
     copy = working_copy(model).eval()

@@ -3,7 +3,7 @@
 MACs count the multiply-accumulates of convolutions, matrix multiplies (linear, matmul, einsum),
 attention and RNN cells — torchvision's published "GMACs". FLOPs count every floating-point operation:
 ``2 * MACs`` plus elementwise, normalization, pooling, softmax and interpolation work
-(see :mod:`nbopt.counting.formulas`).
+(see :mod:`nbopt.profiling.formulas`).
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import timing
-from .counting.attribution import OUTSIDE, ModuleNames, ModuleTracker
-from .counting.counter import OpCounter
-from .counting.thop_engine import self_from_inclusive, thop_layer_macs
-from .errors import NboptError, describe_exception
-from .inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, forward_error,
+from .. import timing
+from .attribution import OUTSIDE, ModuleNames, ModuleTracker
+from .counter import OpCounter
+from .thop_engine import self_from_inclusive, thop_layer_macs
+from ..errors import InputTypeError, NboptError, describe_exception
+from ..inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, forward_error,
                      model_device)
-from .model_state import preserved, size_bytes
+from ..model_state import preserved, size_bytes
 
 ENGINES = ("aten", "thop")
 EXECUTIONS = ("auto", "real", "meta")
@@ -92,12 +92,12 @@ class Profile:
                 "engine": self.engine, "inputs": self.inputs}
 
     def plot(self, k: int = 10, **kwargs: Any) -> Any:
-        """Top layers by MACs beside top layers by latency (matplotlib; drawn by :mod:`nbopt.render`)."""
-        from .render import plot_profile  # front-end imported on demand: the core stays matplotlib-free
+        """Top layers by MACs beside top layers by latency (matplotlib; drawn by :mod:`nbopt.display.figures`)."""
+        from ..display.figures import plot_profile  # front-end imported on demand: the core stays matplotlib-free
         return plot_profile(self, k=k, **kwargs)
 
     def _repr_html_(self) -> str:
-        from .render import profile_html
+        from ..display.tables import profile_html
         return profile_html(self)
 
     def __repr__(self) -> str:
@@ -138,9 +138,9 @@ def _check_op_types(ops: Any, what: str) -> dict | tuple:
     items = ops.keys() if isinstance(ops, Mapping) else ops
     for t in items:
         if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise TypeError(f"{what} must hold nn.Module subclasses (e.g. nn.ReLU), got {t!r}")
+            raise InputTypeError(f"{what} must hold nn.Module subclasses (e.g. nn.ReLU), got {t!r}")
     if what == "custom_ops" and not isinstance(ops, Mapping):
-        raise TypeError("custom_ops must be a dict {ModuleType: rule(module, inputs, output)} as in thop")
+        raise InputTypeError("custom_ops must be a dict {ModuleType: rule(module, inputs, output)} as in thop")
     return dict(ops) if isinstance(ops, Mapping) else tuple(ops)
 
 
@@ -427,7 +427,7 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
     (``*_vs_first``) divide each row by the first row.
     """
     if not isinstance(models, Mapping) or not models:
-        raise TypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
+        raise InputTypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
     for name, m in models.items():
         check_module(m, f"models[{name!r}]")
     rows = {}

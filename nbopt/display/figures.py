@@ -1,0 +1,100 @@
+"""Every matplotlib figure nbopt draws (matplotlib is imported inside each function, on demand)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _figure(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """``(fig, ax)``: a new figure, or the figure of the ``ax`` given."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        return plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def plot_profile(profile: Any, k: int = 10) -> Any:
+    """Top layers by MACs beside top layers by latency: where FLOPs and time disagree."""
+    import matplotlib.pyplot as plt
+
+    layers = profile.layers
+    has_latency = profile.latency_ms is not None and layers["self_latency_ms"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_latency else 1, figsize=(12 if has_latency else 6, 0.35 * k + 1.5),
+                             squeeze=False)
+    by_macs = layers.sort_values("macs", ascending=False).head(k)[::-1]
+    axes[0][0].barh(by_macs.index, by_macs["macs"] / 1e6, color="tab:blue")
+    axes[0][0].set_xlabel("MMACs (own)")
+    axes[0][0].set_title(f"Top {k} layers by MACs")
+    if has_latency:
+        by_lat = layers.sort_values("self_latency_ms", ascending=False).head(k)[::-1]
+        axes[0][1].barh(by_lat.index, by_lat["self_latency_ms"], color="tab:orange")
+        axes[0][1].set_xlabel("ms (own, median)")
+        axes[0][1].set_title(f"Top {k} layers by latency")
+    fig.tight_layout()
+    return fig
+
+
+def plot_threads(df: pd.DataFrame, ax: Any = None) -> Any:
+    """Latency (bars) and speedup (line) per thread count from :func:`nbopt.threads_sweep`; returns the figure."""
+    fig, ax = _figure(ax, (5, 3))
+    labels = df["threads"].astype(str)
+    ax.bar(labels, df["latency_ms"], color="tab:blue")
+    ax.set_xlabel("threads")
+    ax.set_ylabel("latency (ms, median)")
+    twin = ax.twinx()
+    twin.plot(labels, df["speedup"], color="tab:orange", marker="o")
+    twin.set_ylabel("speedup vs first", color="tab:orange")
+    ax.set_title("latency per thread count")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pipeline(table: pd.DataFrame, ax: Any = None) -> Any:
+    """Latency per step of :func:`nbopt.optimize` with the speedup over the original written on each bar."""
+    done = table[table["status"] == "done"]
+    fig, ax = _figure(ax, (6, 3))
+    bars = ax.bar(done.index.astype(str), done["latency_ms"], color="tab:green")
+    for bar, s in zip(bars, done["speedup"]):
+        ax.annotate(f"{s:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    ax.set_ylabel("latency (ms, median)")
+    ax.set_title("optimize: latency per step")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_matrix(df: pd.DataFrame, value: str = "drop") -> pd.DataFrame:
+    """Layers x bit widths table of ``drop`` or ``sqnr`` from :func:`nbopt.sensitivity` (bits high to low)."""
+    if value not in ("drop", "sqnr"):
+        raise ValueError(f"value={value!r} must be 'drop' or 'sqnr'.")
+    cols = sorted((c for c in df.columns if c.startswith(f"{value}_") and c.endswith("bit")),
+                  key=lambda c: -int(c[len(value) + 1:-3]))
+    if not cols:
+        raise ValueError(f"the table has no {value}_<b>bit columns; pass the DataFrame nbopt.sensitivity returned.")
+    out = df[cols].astype(float)
+    out.columns = [f"{c[len(value) + 1:-3]}-bit" for c in cols]
+    return out
+
+
+def plot_sensitivity(df: pd.DataFrame, value: str = "drop", ax: Any = None) -> Any:
+    """Heatmap of metric drop (or output SQNR) per layer (rows, network order) and bit width (columns).
+
+    Darker cells are more fragile: high drop, or low SQNR. Returns the figure.
+    """
+    mat = sensitivity_matrix(df, value)
+    fig, ax = _figure(ax, (1.2 * len(mat.columns) + 3, 0.28 * len(mat) + 1.6))
+    data = mat.to_numpy()
+    finite = np.where(np.isfinite(data), data, np.nan)
+    image = ax.imshow(finite, aspect="auto", cmap="Reds" if value == "drop" else "Reds_r")
+    ax.set_xticks(range(len(mat.columns)), mat.columns)
+    ax.set_yticks(range(len(mat)), [str(i) for i in mat.index], fontsize=8)
+    for (i, j), v in np.ndenumerate(data):
+        ax.annotate("inf" if np.isinf(v) else f"{v:.3g}", (j, i), ha="center", va="center", fontsize=7)
+    label = df.attrs.get("metric", "drop") if value == "drop" else "output SQNR vs fp32 (dB)"
+    fig.colorbar(image, ax=ax, label=label)
+    partial = " (partial: interrupted)" if df.attrs.get("partial") else ""
+    ax.set_title(f"sensitivity per layer{partial}")
+    fig.tight_layout()
+    return fig

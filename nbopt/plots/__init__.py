@@ -1,1 +1,0 @@
-"""Matplotlib front-ends (imported only by notebooks and magics, never by the core)."""
