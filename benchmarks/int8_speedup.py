@@ -4,7 +4,10 @@ QDQ, and nbopt's backend="auto" pick), with file sizes.
 Random-weight torchvision models (speed does not depend on the values) at batch 1 and 8, 2 threads; every
 latency of one model/batch comes from one interleaved timing (medians), ratios vs torch fp32 eager and vs the
 best fp32 baseline (the fastest of eager, compiled and onnxruntime fp32).
+Every table names the CPU (torch's capability, VNNI or not) and the int8 settings nbopt chose for it
+(``reduce_range`` without VNNI, see nbopt.cpu): int8 speed-ups differ by CPU, quote them with it.
 Usage: python benchmarks/int8_speedup.py [--models resnet18,mobilenet_v2,resnet50] [--batches 1,8] [--repeat 10]
+       [--vnni auto|0|1]   (0/1: force the settings of a CPU without/with VNNI, as NBOPT_CPU_VNNI does)
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import tempfile
 import torch
 import torchvision
 
+from nbopt.cpu import int8_settings
 from nbopt.quantization.api import _pick
 from nbopt.quantization.int8 import STATIC_BATCH_SIZES, OrtModule, build_onnx, build_pt2e, export_onnx
 from nbopt.model_state import disk_bytes
@@ -53,6 +57,7 @@ def run(name: str, batches: list[int], repeat: int) -> None:
     print(f"\n{name}: file MB  torch fp32 {disk_bytes(model) / 1e6:.1f} | onnx fp32 {ort32_bytes / 1e6:.1f} | "
           f"onnx int8 {ort8.disk_bytes / 1e6:.1f} | pt2e int8 state {pt2e.disk_bytes / 1e6:.1f}; pt2e batch "
           f"programs: static for the first {STATIC_BATCH_SIZES} batch sizes, then one dynamic")
+    print(f"  CPU {pt2e.cpu}; int8 settings: pt2e {pt2e.settings}, onnxruntime {ort8.settings}")
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
         prog, reason = _pick({"pt2e": pt2e, "onnxruntime": ort8}, {}, x, repeat=max(3, repeat // 2))
@@ -74,9 +79,16 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,mobilenet_v2,resnet50")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--vnni", choices=["auto", "0", "1"], default="auto",
+                    help="int8 settings for a CPU without (0) / with (1) VNNI; auto: this CPU's")
     args = ap.parse_args()
+    if args.vnni != "auto":
+        os.environ["NBOPT_CPU_VNNI"] = args.vnni
+    settings = int8_settings()
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ratios are vs torch fp32 eager")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ratios are vs torch fp32 eager; "
+          f"CPU {settings.cpu.label}; int8 with {settings.label}; load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     for name in args.models.split(","):
         run(name, [int(b) for b in args.batches.split(",")], args.repeat)
 

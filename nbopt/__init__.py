@@ -4,6 +4,12 @@ Public API (imported lazily so ``import nbopt`` stays fast)::
 
     nbopt.profile(model, inputs)        per-layer params, MACs, FLOPs, latency, memory -> Profile
     nbopt.compare({...}, inputs)        several variants side by side -> DataFrame
+    nbopt.quantize / sensitivity / mixed_precision / qat / QuantTuner     quantization
+    nbopt.Pruner / prune / finetune     pruning
+    nbopt.fuse / export / compatibility / peak_memory / threads_sweep      deployment
+    nbopt.optimize                      the whole pipeline, measured step by step
+
+The layout of the package is described in ``docs/architecture.md``.
 
 ``%load_ext nbopt`` registers the IPython magics (``%%profile_flops`` ...).
 """
@@ -22,7 +28,12 @@ _EXPORTS: dict[str, str] = {
     "register_formula": ".profiling",
     "clever_format": ".profiling.thop_engine",
     "NboptError": ".errors",
+    "InputError": ".errors",
+    "ForwardError": ".errors",
+    "UnsupportedModelError": ".errors",
+    "MissingDependencyError": ".errors",
     "PartialResultWarning": ".errors",
+    "cpu_info": ".cpu",
     "Timing": ".timing",
     "quantize": ".quantization",
     "QuantResult": ".quantization",
@@ -36,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "fuse": ".deployment",
     "export": ".deployment",
     "ExportResult": ".deployment",
+    "register_format": ".deployment",
     "compatibility": ".deployment",
     "peak_memory": ".deployment",
     "threads_sweep": ".deployment",

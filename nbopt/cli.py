@@ -13,6 +13,7 @@ from .display import format as fmt
 from .display import tables
 from .errors import NboptError
 from .profiling import profile
+from .profiling.api import ENGINES
 
 
 def load_model(spec: str) -> nn.Module:
@@ -30,7 +31,10 @@ def load_model(spec: str) -> nn.Module:
         factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise NboptError(f"cannot load {spec!r}: {exc}") from None
-    model = factory() if not isinstance(factory, nn.Module) else factory
+    try:
+        model = factory() if not isinstance(factory, nn.Module) else factory
+    except TypeError as exc:  # a factory that needs arguments: the spec's problem, not a bug
+        raise NboptError(str(exc)) from None
     if not isinstance(model, nn.Module):
         raise NboptError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -74,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="torchvision:NAME or module.path:factory")
     p.add_argument("--input", default="1,3,224,224", help="input shape, e.g. 1,3,224,224")
     p.add_argument("--top", type=int, default=None, help="show only the K layers with most MACs")
-    p.add_argument("--by", choices=("layer", "type"), default="layer")
+    p.add_argument("--by", choices=tables.VIEWS, default="layer")
     p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--engine", choices=("aten", "thop"), default="aten")
+    p.add_argument("--engine", choices=ENGINES, default="aten")
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_profile)
     d = sub.add_parser("demo", help="profile the bundled digits CNN")
@@ -88,6 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (NboptError, TypeError) as exc:
+    except NboptError as exc:  # deliberate errors (bad spec, shape, input): one line; anything else is a bug
         print(f"nbopt: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
-"""One model-copy/restore helper shared by every capability.
+"""One model-copy/restore helper shared by every capability, and a model's sizes.
 
-nbopt never mutates the user's model unless a call says so: work happens on :func:`working_copy`,
-and :func:`preserved` restores ``training`` flags (and checks that no hook was left behind) even when
-the forward pass raises.
+nbopt never mutates the user's model unless a call says so: work happens on :func:`working_copy`, and
+:func:`preserved` puts the ``training`` flags back even when the forward pass raises. (That nothing else is
+left behind — hooks, attributes, patches — is checked by the tests' ``tests/snapshot.py``.)
 """
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ import torch
 from torch import nn
 
 from .errors import NboptError
-
-_HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-    "_state_dict_hooks", "_load_state_dict_pre_hooks",
-)
 
 
 def working_copy(model: nn.Module) -> nn.Module:
@@ -46,16 +40,6 @@ def restore_training(model: nn.Module, flags: dict[str, bool]) -> None:
             m.training = flags[name]
 
 
-def hook_counts(model: nn.Module) -> dict[str, int]:
-    """How many hooks each submodule carries (for checking that none was left behind)."""
-    out = {}
-    for name, m in model.named_modules():
-        n = sum(len(getattr(m, d, {}) or {}) for d in _HOOK_DICTS)
-        if n:
-            out[name] = n
-    return out
-
-
 @contextlib.contextmanager
 def preserved(model: nn.Module, *, eval_mode: bool = False) -> Iterator[nn.Module]:
     """Run a block against ``model`` and put its training flags back afterwards, even on error."""
@@ -66,37 +50,6 @@ def preserved(model: nn.Module, *, eval_mode: bool = False) -> Iterator[nn.Modul
         yield model
     finally:
         restore_training(model, flags)
-
-
-def state_fingerprint(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached clone of the state_dict, to compare bit for bit later (tests, guarantees)."""
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-
-
-def same_state(model: nn.Module, fingerprint: dict[str, torch.Tensor]) -> bool:
-    """True when ``model``'s state_dict equals ``fingerprint`` bit for bit."""
-    now = model.state_dict(keep_vars=True)
-    if now.keys() != fingerprint.keys():
-        return False
-    return all(now[k].dtype == v.dtype and now[k].shape == v.shape and _same_bits(now[k].detach(), v)
-               for k, v in fingerprint.items())
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality; unlike ``torch.equal`` a NaN equals the same NaN."""
-    if a.is_floating_point() or a.is_complex():
-        return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
-    return torch.equal(a, b)
-
-
-def unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
-    """Parameters with shared ones (tied weights) counted once."""
-    seen, out = set(), []
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 def disk_bytes(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""One way to time things: warmup, repeats, median, interleaved pairs for ratios, CUDA sync."""
+"""One way to time things: warmup, repeats, median, interleaved comparisons (for ratios), CUDA sync."""
 from __future__ import annotations
 
 import statistics
@@ -85,12 +85,6 @@ def _settle(fn: Callable[[], object], settle_ms: float, device: torch.device | s
         synchronize(device)
         if (time.perf_counter() - t0) * 1e3 >= settle_ms:
             return
-
-
-def ratios(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:
-    """Speed-up of each entry over ``baseline`` (baseline median / entry median)."""
-    base = timings[baseline].median_ms
-    return {name: base / t.median_ms for name, t in timings.items()}
 
 
 def auto_repeat(fn: Callable[[], object], *, budget_s: float = 1.0, lo: int = 3, hi: int = 20,

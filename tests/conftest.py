@@ -1,11 +1,11 @@
-"""Shared fixtures: deterministic torch, the demo model, a clean-state checker."""
+"""Shared fixtures: deterministic torch, the demo model, a clean-state checker (:mod:`tests.snapshot`)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from nbopt import demo
-from nbopt.model_state import hook_counts, state_fingerprint, training_flags
+from tests.snapshot import Snapshot
 
 
 @pytest.fixture(autouse=True)
@@ -18,29 +18,13 @@ def demo_model() -> torch.nn.Module:
     return demo.load_model()
 
 
-def global_hooks() -> int:
-    from torch.nn.modules import module as m
-    return len(m._global_forward_hooks) + len(m._global_forward_pre_hooks)
+def Untouched(model: torch.nn.Module) -> Snapshot:
+    """Snapshot of everything nbopt promises not to change on a model (``.assert_unchanged()`` after the call).
 
-
-class Untouched:
-    """Snapshot of everything nbopt promises not to change on a model."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.state = state_fingerprint(model)
-        self.flags = training_flags(model)
-        self.hooks = hook_counts(model)
-        self.global_hooks = global_hooks()
-
-    def check(self) -> None:
-        from nbopt.model_state import same_state
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-        assert same_state(self.model, self.state), "state_dict changed"
-        assert training_flags(self.model) == self.flags, "training flags changed"
-        assert hook_counts(self.model) == self.hooks, "hooks left on the model"
-        assert global_hooks() == self.global_hooks, "global module hooks left behind"
-        assert _get_current_dispatch_mode() is None, "a dispatch mode is still active"
+    Model-level checks only (kernel=False): these tests compile int8 programs, and the first ``torch.compile``
+    of a process installs PyTorch's own wrapper on ``nn.Module``; ``tests/reliability`` checks the kernel too.
+    """
+    return Snapshot.take(model, kernel=False)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_fuse_folds_only_safe_pairs_and_keeps_outputs(tiny, untouched):
     model, x = tiny
     guard = untouched(model)
     res = nbopt.fuse(model, x)
-    guard.check()
+    guard.assert_unchanged()
     assert res.method == "fx"
     assert res.fused == [("conv", "bn"), ("fc", "bn3")]  # bn2's conv output has a second user
     assert res.removed == ["drop"]
@@ -152,7 +152,7 @@ def test_export_data_dependent_branch_names_module(tmp_path, untouched):
     with pytest.raises(NboptError, match=r"data-dependent control flow in module gate \(Gate\).*torch.where.*"
                                          r"format='torchscript'"):
         nbopt.export(model, torch.randn(2, 4), "onnx", tmp_path / "b.onnx")
-    guard.check()
+    guard.assert_unchanged()
     assert os.listdir(tmp_path) == []
     res = nbopt.export(model, torch.randn(2, 4), "torchscript", tmp_path / "b.pt", latency=False)  # the way out
     assert res.max_abs_diff < 1e-6 and any("froze a data-dependent" in n for n in res.notes)

@@ -18,7 +18,7 @@ def test_compatibility_table_by_operator_and_module(untouched):
     model = _net()
     guard = untouched(model)
     df = nbopt.compatibility(model, torch.randn(1, 3, 16, 16), targets=("onnx", "executorch", "torchscript"))
-    guard.check()
+    guard.assert_unchanged()
     assert list(df["operator"]) == ["aten.conv2d.default", "aten.hardswish.default", "aten.group_norm.default",
                                     "aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints",
                                     "aten.linear.default"]

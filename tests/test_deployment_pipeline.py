@@ -17,7 +17,7 @@ def test_optimize_fuse_export_verify_on_demo(demo_model, untouched, tmp_path):
     res = nbopt.optimize(demo_model, demo.example_input(1), calib=demo.calibration_data(64), evaluate=demo.evaluate,
                          steps=("profile", "fuse", "export", "verify"), path=tmp_path / "d.onnx", repeat=2,
                          progress=False)
-    guard.check()
+    guard.assert_unchanged()
     t = res.table
     assert list(t.index) == ["profile", "fuse", "export", "verify"] and (t["status"] == "done").all()
     base = demo.evaluate(demo_model)
@@ -39,7 +39,7 @@ def test_optimize_prune_and_quantize_steps(tmp_path):
     res = nbopt.optimize(model, calib[0][:1], calib=calib, prune_amount=0.5, path=tmp_path, repeat=2,
                          progress=False)
     t = res.table
-    assert list(t.index) == list(nbopt.deployment.STEPS) and (t["status"] == "done").all()
+    assert list(t.index) == list(nbopt.pipeline.STEPS) and (t["status"] == "done").all()
     assert t.loc["prune", "params"] < t.loc["fuse", "params"] / 2  # half the channels of the middle conv
     assert "real int8 (onnxruntime)" in t.loc["quantize", "note"]
     assert t.loc["export", "file_bytes"] == res.export.file_bytes

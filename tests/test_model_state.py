@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from nbopt.model_state import same_state, state_fingerprint
+from tests.snapshot import same_state, state_fingerprint
 
 
 def test_same_state_holds_a_nan_equal_to_itself_and_sees_every_change():

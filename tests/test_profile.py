@@ -148,11 +148,11 @@ def test_model_left_untouched_even_when_forward_raises(untouched):
     snap = untouched(model)
     with pytest.raises(nbopt.NboptError, match="Boom failed on inputs .*halfway failure"):
         nbopt.profile(model, torch.randn(3, 4))
-    snap.check()
+    snap.assert_unchanged()
     good = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
     snap = untouched(good)
     nbopt.profile(good, torch.randn(3, 4), repeat=3)  # eval-mode run: running stats must not move
-    snap.check()
+    snap.assert_unchanged()
 
 
 def test_bad_inputs_give_clear_errors():

@@ -8,7 +8,7 @@ from torch import nn
 import nbopt
 from nbopt import demo
 from nbopt.errors import NboptError
-from nbopt.model_state import state_fingerprint, same_state
+from tests.snapshot import same_state, state_fingerprint
 from nbopt.pruning import Pruner
 
 
@@ -92,7 +92,7 @@ def test_export_is_independent_and_original_untouched(model, x, untouched):
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(out.parameters(), model.parameters()))
     p.set(amount=0.0)
     assert int((out.fc.weight == 0).sum()) > 0  # the export kept its setting
-    guard.check()
+    guard.assert_unchanged()
 
 
 def test_layers_and_exclude(model, x):
@@ -150,7 +150,7 @@ def test_one_shot_prune_summary(model, x, untouched):
     assert s.loc["nonzero_params", "ratio"] > 1.5
     assert s.loc["effective_macs", "after"] < s.loc["macs", "after"]
     assert "latency_ms" not in s.index
-    guard.check()
+    guard.assert_unchanged()
 
 
 def test_tied_weights_are_counted_once():

@@ -21,7 +21,7 @@ def test_structured_half_plus_short_finetune_within_one_point(demo_model, untouc
     acc = demo.evaluate(tuned)
     assert acc >= dense - 0.01, (dense, pruned_acc, acc)
     assert acc > pruned_acc
-    guard.check()
+    guard.assert_unchanged()
 
 
 def test_finetune_keeps_unstructured_zeros(demo_model):
@@ -41,7 +41,7 @@ def test_interrupt_leaves_original_intact(demo_model, untouched):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(demo_model, demo.train_loader(), loss, epochs=1, progress=False)
-    guard.check()
+    guard.assert_unchanged()
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"lr": -1.0}])

@@ -11,7 +11,7 @@ from torch import nn
 import nbopt
 from nbopt import demo
 from nbopt.errors import NboptError
-from nbopt.model_state import same_state, state_fingerprint
+from tests.snapshot import same_state, state_fingerprint
 from nbopt.profiling import profile
 from nbopt.pruning import Pruner
 from nbopt.pruning.heads import PrunedMultiheadAttention
@@ -130,7 +130,7 @@ def test_prune_summary_shows_smaller_model(demo_model, untouched):
     s = r.summary
     assert s.loc["params", "ratio"] > 2 and s.loc["macs", "ratio"] > 2 and s.loc["size_bytes", "ratio"] > 2
     assert s.loc["latency_ms", "before"] > 0 and s.loc["latency_ms", "after"] > 0
-    guard.check()
+    guard.assert_unchanged()
 
 
 def test_incremental_settings_equal_a_fresh_pruner(demo_model):

@@ -10,6 +10,7 @@ from nbopt.layers import eval_folded, weighted_layers
 from nbopt import demo
 from nbopt.errors import NboptError
 from nbopt.quantization.observers import compute_qparams, fake_quant, qrange
+from nbopt.quantization.options import QuantOptions
 from tests.conftest import Untouched
 
 
@@ -57,7 +58,7 @@ def test_8_bit_within_half_a_point(demo_model, calib, fp32_acc):
     before = Untouched(demo_model)
     r = nbopt.quantize(demo_model, calib, weight_bits=8, act_bits=8, evaluate=demo.evaluate, progress=False,
                        repeat=1)
-    before.check()
+    before.assert_unchanged()
     assert r.accuracy["fp32"] == pytest.approx(fp32_acc)
     assert fp32_acc - r.accuracy["quantized"] <= 0.005
     assert not r.real and "not faster" in r.notes[0]
@@ -101,7 +102,7 @@ def test_bad_options_are_clear_errors(demo_model, calib, kwargs, message):
     before = Untouched(demo_model)
     with pytest.raises(NboptError, match=message):
         nbopt.quantize(demo_model, calib, progress=False, **kwargs)
-    before.check()
+    before.assert_unchanged()
 
 
 def test_int8_without_calibration_and_wrong_shapes(demo_model, calib):
@@ -122,14 +123,14 @@ def test_keyboard_interrupt_during_calibration_leaves_model_intact(demo_model, c
     before = Untouched(demo_model)
     with pytest.raises(KeyboardInterrupt):
         nbopt.quantize(demo_model, interrupted(), progress=False)
-    before.check()
+    before.assert_unchanged()
 
 
 def test_sensitivity_cached_equals_naive_and_feeds_mixed_precision(demo_model, calib):
     before = Untouched(demo_model)
     fast = nbopt.sensitivity(demo_model, calib[0][:32], bits=(8, 4, 2), progress=False)
     slow = nbopt.sensitivity(demo_model, calib[0][:32], bits=(8, 4, 2), method="naive", progress=False)
-    before.check()
+    before.assert_unchanged()
     assert fast.attrs["method"] == "cached" and slow.attrs["method"] == "naive"
     cols = [c for c in fast.columns if c.startswith(("drop_", "sqnr_"))]
     assert torch.allclose(torch.tensor(fast[cols].values), torch.tensor(slow[cols].values), rtol=1e-4, atol=1e-4)
@@ -155,10 +156,69 @@ def test_qat_recovers_low_bit_accuracy(demo_model, calib, fp32_acc):
     torch.manual_seed(0)
     r = nbopt.qat(demo_model, demo.train_loader(), nn.functional.cross_entropy, epochs=2, lr=5e-4, calib=calib[:2],
                   weight_bits=4, act_bits=8, granularity="per_tensor", evaluate=demo.evaluate, progress=False)
-    before.check()
+    before.assert_unchanged()
     acc = r.accuracy
     assert acc["quantized"] >= acc["post_training_quantized"]
     assert fp32_acc - acc["quantized"] <= 0.02
     assert r.mode == "qat" and not r.real
     x = calib[0]
     assert r.model(x).shape == demo_model(x).shape
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: QuantOptions(weight_bits=1), dict(weight_bits=1)),
+    (lambda: QuantOptions().with_(weight_bits=17), dict(weight_bits=17)),
+    (lambda: QuantOptions(act_bits=8).with_(act_bits=0), dict(act_bits=0)),
+    (lambda: QuantOptions().with_(percentile=40.0), dict(percentile=40.0)),
+])
+def test_quant_options_are_checked_when_built(demo_model, calib, make, kwargs):
+    """Direct construction and with_ (dataclasses.replace) raise exactly what quantize raises."""
+    with pytest.raises(NboptError) as built:
+        make()
+    with pytest.raises(NboptError) as called:
+        nbopt.quantize(demo_model, calib, progress=False, **kwargs)
+    assert str(built.value) == str(called.value)
+
+
+def test_quant_options_keep_valid_int8_report_settings():
+    opts = QuantOptions(layer_bits=None)
+    assert opts.layer_bits == {}
+    w8 = opts.with_(weight_bits=8, granularity="per_channel", symmetric=True, observer="minmax", layer_bits={})
+    assert w8.with_(act_bits=None).act_bits is None and w8.with_(act_bits=8).act_bits == 8
+
+
+def test_qat_result_measures_the_qat_model(monkeypatch):
+    """Sizes, latency, fidelity and accuracy belong to the QAT model; post-training accuracy to a PTQ copy."""
+    from nbopt.model_state import disk_bytes, size_bytes
+    from nbopt.quantization import api
+    from nbopt.quantization.calibration import run_batches
+    from nbopt.quantization.metrics import fidelity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    xs = [torch.randn(4, 1, 8, 8) for _ in range(3)]
+    data = list(zip(xs, [torch.randint(0, 3, (4,)) for _ in xs]))
+    evaluated = []
+
+    def evaluate(m):
+        evaluated.append(m)
+        with torch.no_grad():
+            return float(sum((m(x).argmax(1) == y).float().mean() for x, y in data))
+    timed = []
+    real_call = api.call
+    monkeypatch.setattr(api, "call", lambda m, x: (timed.append(m), real_call(m, x))[1])
+    r = nbopt.qat(model, data, nn.functional.cross_entropy, epochs=1, lr=1e-2, weight_bits=4, act_bits=8,
+                  evaluate=evaluate, progress=False)
+    assert r.mode == "qat" and not r.real and r.backend == "simulate"
+    assert set(r.latency_ms) == {"fp32", "quantized"} and r.model in timed
+    assert {id(m) for m in timed} == {id(timed[0]), id(r.model)}  # only fp32 and the QAT model were timed
+    q = r.size_bytes["quantized"]
+    assert (q["dense"], q["disk"]) == (size_bytes(r.model), disk_bytes(r.model))
+    ref = run_batches(model.eval(), xs, progress=False)
+    assert r.fidelity == fidelity(ref, run_batches(r.model, xs, progress=False))
+    assert r.accuracy["quantized"] == evaluate(r.model)
+    ptq = nbopt.quantize(model, xs, weight_bits=4, act_bits=8, evaluate=evaluate, progress=False, repeat=1)
+    assert list(r.accuracy) == ["fp32", "quantized", "post_training_quantized"]
+    assert r.accuracy["post_training_quantized"] == ptq.accuracy["quantized"]
+    assert r.accuracy["fp32"] == ptq.accuracy["fp32"]
+    assert q["deployable"] == ptq.size_bytes["quantized"]["deployable"]

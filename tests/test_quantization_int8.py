@@ -26,7 +26,7 @@ def ort_result(demo_model, calib):
     before = Untouched(demo_model)
     r = nbopt.quantize(demo_model, calib, mode="int8", backend="onnxruntime", evaluate=demo.evaluate,
                        progress=False, repeat=1)
-    before.check()
+    before.assert_unchanged()
     return r
 
 
@@ -163,4 +163,70 @@ def test_capture_failure_names_module_and_way_out():
         nbopt.quantize(model, torch.randn(8, 4), mode="int8", backend="pt2e", progress=False)
     msg = str(err.value)
     assert "'gate'" in msg and "mode='dynamic'" in msg and "simulate" in msg
-    before.check()
+    before.assert_unchanged()
+
+
+# --- the CPU decides the int8 settings: 7-bit (reduce_range) where u8 x s8 kernels saturate (no VNNI) ---
+
+def test_cpu_is_detected_once_and_can_be_overridden(monkeypatch):
+    from nbopt.cpu import cpu_info, int8_settings
+
+    monkeypatch.delenv("NBOPT_CPU_VNNI", raising=False)
+    info = cpu_info()
+    assert info.capability == torch.backends.cpu.get_cpu_capability() and cpu_info() is info  # cached
+    assert int8_settings().reduce_range == info.saturates  # 7-bit only where the kernels saturate
+    monkeypatch.setenv("NBOPT_CPU_VNNI", "0")
+    no = int8_settings()
+    assert no.reduce_range and not no.cpu.vnni and no.cpu.capability == info.capability
+    assert "no VNNI" in no.cpu.label and "NBOPT_CPU_VNNI=0" in no.cpu.label and "reduce_range" in no.label
+    monkeypatch.setenv("NBOPT_CPU_VNNI", "1")
+    assert cpu_info().vnni and not int8_settings().reduce_range and "full 8-bit" in int8_settings().label
+    assert int8_settings(cpu_info(vnni=False)).reduce_range  # the argument wins over the environment
+
+
+def _linear_stack() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), torch.randn(8, 16) * 3
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("vnni", ["0", "1"])
+def test_onnxruntime_weights_are_7_bit_without_vnni(monkeypatch, vnni, dynamic):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from nbopt.cpu import int8_settings
+    from nbopt.quantization.int8 import build_onnx
+
+    monkeypatch.setenv("NBOPT_CPU_VNNI", vnni)
+    model, x = _linear_stack()
+    prog = build_onnx(model, [x], x, dynamic=dynamic, progress=False)
+    arrays = [numpy_helper.to_array(t) for t in onnx.load_from_string(prog.model.onnx_bytes).graph.initializer]
+    peak = max(int(np.abs(a.astype(np.int32)).max()) for a in arrays if a.dtype == np.int8 and a.size > 1)
+    assert peak <= 64 if vnni == "0" else peak >= 127  # per-channel symmetric: each channel's largest weight
+    assert prog.settings == int8_settings().label and prog.cpu == int8_settings().cpu.label
+    assert ("no VNNI" in prog.cpu) == (vnni == "0") and prog.cpu_note.startswith("CPU ")
+    with torch.no_grad():  # 7-bit keeps the outputs where fp32's are, on any CPU
+        assert nn.functional.cosine_similarity(prog.model(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("vnni", ["0", "1"])
+def test_pt2e_activations_are_7_bit_without_vnni(monkeypatch, vnni):
+    from nbopt.quantization.int8 import build_pt2e
+
+    monkeypatch.setenv("NBOPT_CPU_VNNI", vnni)
+    model, x = _linear_stack()
+    prog = build_pt2e(model, [x], x, progress=False)  # compiles lazily: the converted graph is enough here
+    qmax = {n.args[4] for n in prog.model.converted.graph.nodes
+            if n.op == "call_function" and "quantize_per_tensor" in str(n.target)}
+    assert qmax == ({127} if vnni == "0" else {255})
+    assert ("reduce_range" in prog.settings) == (vnni == "0")
+
+
+def test_int8_result_records_cpu_and_choice(ort_result, pt2e_result):
+    from nbopt.cpu import int8_settings
+
+    s = int8_settings()
+    for r in (ort_result, pt2e_result):
+        assert any(s.cpu.label in n and s.label in n for n in r.notes), r.notes

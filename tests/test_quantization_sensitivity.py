@@ -87,7 +87,7 @@ def test_cached_equals_naive(case):
     before = Untouched(model)
     fast = nbopt.sensitivity(model, calib, bits=(8, 4, 2), progress=False)
     slow = nbopt.sensitivity(model, calib, bits=(8, 4, 2), method="naive", progress=False)
-    before.check()
+    before.assert_unchanged()
     assert fast.attrs["method"] == "cached" and fast.attrs["batched"] is batched
     assert list(fast.index) == list(slow.index)
     assert torch.allclose(_table(fast), _table(slow), rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ from pandas.testing import assert_frame_equal
 
 import nbopt
 from nbopt import demo
-from nbopt.model_state import same_state, state_fingerprint
+from tests.snapshot import same_state, state_fingerprint
 from nbopt.quantization.tuner import QuantTuner
 
 SETTINGS = [

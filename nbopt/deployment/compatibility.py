@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import NboptError, require
-from ..inputs import as_args, check_device, check_module
-from ..model_state import working_copy
-from .errors import export_error
+from ..graph import capture, module_of, op_name
+from ..inputs import check_device, check_module
 
 TARGETS = ("onnx", "executorch", "torchscript")
 _GLUE = ("getitem", "_to_dim_order_copy", "executorch_call_delegate", "alloc", "sym_size")
@@ -39,41 +38,12 @@ def check_targets(targets: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(str(t).lower() for t in names)
 
 
-def op_name(target: Any) -> str:
-    """``aten.conv2d.default`` style name of a graph node target."""
-    name = getattr(target, "__name__", None) or str(target)
-    if hasattr(target, "_schema") or "." in name:
-        return str(target).split(": schema")[0].replace("<EdgeOpOverload: ", "").rstrip(">")
-    return name
-
-
 def family(name: str) -> str:
     """``aten._adaptive_avg_pool2d.default`` -> ``adaptive_avg_pool2d``."""
     parts = name.split(".")
     base = parts[1] if len(parts) > 1 and parts[0] in ("aten", "quantized_decomposed", "torchao") else parts[0]
     base = base.lstrip("_")
     return base[len("native_"):] if base.startswith("native_") else base
-
-
-def module_of(node: torch.fx.Node) -> tuple[str, str]:
-    """(qualified name, type name) of the innermost module that produced ``node``."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<root>", ""
-    fqn, cls = list(stack.values())[-1]
-    cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
-    return fqn or "<root>", cls_name.rsplit(".", 1)[-1]
-
-
-def capture(model: nn.Module, inputs: Any) -> torch.export.ExportedProgram:
-    """``torch.export`` of a copy of ``model``; failures become an error naming the module."""
-    args, kwargs = as_args(inputs)
-    work = working_copy(model).eval()
-    try:
-        with torch.no_grad():
-            return torch.export.export(work, args, kwargs)
-    except Exception as exc:
-        raise export_error(exc, model, "torch.export (graph capture)") from None
 
 
 def graph_ops(program: torch.export.ExportedProgram) -> pd.DataFrame:

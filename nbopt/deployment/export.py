@@ -1,28 +1,29 @@
-"""Export a model to ONNX, TorchScript or ExecuTorch, then verify it in the target's own runtime."""
+"""Export a model to ONNX, TorchScript or ExecuTorch, then verify it in the target's own runtime.
+
+Each format is a :class:`Format` in the :data:`FORMATS` registry (its writer, operator reader and runner);
+:func:`register_format` adds one, and :func:`export` and :class:`~nbopt.deployment.runtime.RuntimeModule`
+work with it unchanged.
+"""
 from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import NboptError, require
+from ..errors import InputError, NboptError, UnsupportedModelError, require
+from ..graph import export_error, export_onnx, export_program, ort_session, quiet
 from ..inputs import as_args, call, check_device, check_module, tensors_in
 from ..model_state import working_copy
 from ..timing import compare
-from .errors import export_error
 from .fuse import max_abs_diff
-
-FORMATS = ("onnx", "torchscript", "executorch")
-_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
-_RUNTIME = {"onnx": "onnxruntime", "torchscript": "torch.jit", "executorch": "executorch+xnnpack"}
 
 
 @dataclass
@@ -57,24 +58,86 @@ class ExportResult:
                 f"{self.runtime} {self.latency_ms:.3f} ms vs eager {self.eager_latency_ms:.3f} ms)")
 
 
-# ---------------------------------------------------------------- paths
+# ---------------------------------------------------------------- the format registry
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Settings a writer may use beyond the model, inputs and file (one object for every format)."""
+
+    opset: int | None = None   # ONNX opset; None: the exporter's default
+
+
+@dataclass
+class Written:
+    """What a writer returns beside the file it wrote."""
+
+    notes: list[str] = field(default_factory=list)  # copied into ExportResult.notes
+    program: Any = None                             # the lowered program, where operators are read from it
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export target: how to write it, count its operators and run it.
+
+    ``write(model, inputs, tmp_path, options) -> Written`` writes the program to ``tmp_path``;
+    ``operators(path, written)`` counts its operators; ``runner(path, inputs)`` loads the file in its
+    runtime bound to ``inputs`` and returns a no-argument callable. ``suffix`` names files in a folder,
+    ``aliases`` are other accepted names, ``runtime`` labels results. ``fixed_batch``: the program keeps
+    the example's batch size (:class:`~nbopt.deployment.runtime.RuntimeModule` feeds it in chunks).
+    """
+
+    name: str
+    write: Callable[[nn.Module, Any, Path, ExportOptions], Written]
+    operators: Callable[[Path, Written], dict[str, int]]
+    runner: Callable[[Path, Any], Callable[[], Any]]
+    suffix: str = ""
+    runtime: str = ""
+    aliases: tuple[str, ...] = ()
+    fixed_batch: bool = True
+
+
+_REGISTRY: dict[str, Format] = {}
+FORMATS: Mapping[str, Format] = MappingProxyType(_REGISTRY)  # name -> Format, read-only; see register_format
+
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("-", "").replace("_", "")
+
+
+def register_format(fmt: Format, *, override: bool = False) -> Format:
+    """Add ``fmt`` to :data:`FORMATS` (so ``export`` and ``RuntimeModule`` accept it); returns it.
+
+    A name or alias already taken raises unless ``override=True``, which replaces the format of that name.
+    """
+    taken = {_key(a): f.name for f in _REGISTRY.values() for a in (f.name, *f.aliases)
+             if not (override and f.name == fmt.name)}
+    clash = sorted({taken[_key(a)] for a in (fmt.name, *fmt.aliases) if _key(a) in taken})
+    if clash:
+        raise InputError(f"export format {fmt.name!r} clashes with the registered format(s) {', '.join(clash)}; "
+                         "choose another name, or pass override=True to replace a format of the same name.")
+    _REGISTRY[fmt.name] = fmt
+    return fmt
 
 
 def check_format(fmt: str) -> str:
-    """Normalise the format name or raise listing the valid ones."""
-    key = str(fmt).lower().replace("-", "").replace("_", "")
-    key = {"ts": "torchscript", "jit": "torchscript", "pte": "executorch"}.get(key, key)
-    if key not in FORMATS:
-        raise NboptError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
-    return key
+    """Normalise the format name (or an alias) or raise listing the valid ones."""
+    key = _key(fmt)
+    for f in _REGISTRY.values():
+        if key in {_key(a) for a in (f.name, *f.aliases)}:
+            return f.name
+    raise NboptError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
 
 
-def target_path(path: str | os.PathLike | None, fmt: str) -> Path:
-    """Where the file goes: ``path``, ``path/model.<ext>`` for a directory, or a new temp directory."""
+# ---------------------------------------------------------------- paths
+
+
+def target_path(path: str | os.PathLike | None, fmt: Format) -> Path:
+    """Where the file goes: ``path``, ``path/model<suffix>`` for a directory, or a new temp directory."""
     if path is None:
-        return Path(tempfile.mkdtemp(prefix="nbopt-export-")) / f"model{_SUFFIX[fmt]}"
+        return Path(tempfile.mkdtemp(prefix="nbopt-export-")) / f"model{fmt.suffix}"
     p = Path(path).expanduser()
-    return p / f"model{_SUFFIX[fmt]}" if p.is_dir() else p
+    return p / f"model{fmt.suffix}" if p.is_dir() else p
 
 
 def reserve_temp(final: Path) -> Path:
@@ -91,7 +154,7 @@ def reserve_temp(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(final: Path):
+def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temp path; rename it onto ``final`` only if the block succeeds, delete it otherwise."""
     tmp = reserve_temp(final)
     try:
@@ -102,25 +165,17 @@ def atomic_file(final: Path):
             tmp.unlink()
 
 
-# ---------------------------------------------------------------- writers
+# ---------------------------------------------------------------- ONNX (checked in onnxruntime)
 
 
-@contextlib.contextmanager
-def quiet():
-    """Swallow the exporters' progress prints (core modules never print)."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
-def write_onnx(model: nn.Module, inputs: Any, tmp: Path, opset: int | None) -> None:
+def write_onnx(model: nn.Module, inputs: Any, tmp: Path, options: ExportOptions) -> Written:
+    """The dynamo exporter, one file, static shapes; an onnxruntime-backed model saves its own graph."""
     source = getattr(model, "onnx_model", None) or getattr(model, "onnx_bytes", None)
     if source is not None:  # an onnxruntime-backed model (e.g. nbopt.quantize's ORT int8): save its graph
         _save_onnx_source(source, tmp)
-        return
-    args, kwargs = as_args(inputs)
-    with quiet():
-        torch.onnx.export(model, args, str(tmp), kwargs=kwargs or None, opset_version=opset,
-                          external_data=False, dynamo=True)
+    else:
+        export_onnx(model, inputs, tmp, opset=options.opset, external_data=False, silent=True)
+    return Written()
 
 
 def _save_onnx_source(source: Any, tmp: Path) -> None:
@@ -134,8 +189,27 @@ def _save_onnx_source(source: Any, tmp: Path) -> None:
         onnx.save(source, str(tmp))
 
 
-def write_torchscript(model: nn.Module, inputs: Any, tmp: Path) -> list[str]:
-    """Trace and save; returns notes for branches the tracer froze (TracerWarnings)."""
+def onnx_operators(path: Path, written: Written) -> dict[str, int]:
+    """Node count per op type (``domain::op`` outside the default domain)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(collections.Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                                    for n in graph.node))
+
+
+def onnx_runner(path: Path, inputs: Any) -> Callable[[], Any]:
+    """An onnxruntime session on ``path`` fed ``inputs``."""
+    session = ort_session(path, purpose="checking an ONNX export")
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors_in(inputs))}
+    return lambda: [torch.from_numpy(o.copy()) for o in session.run(None, feeds)]
+
+
+# ---------------------------------------------------------------- TorchScript (checked in torch.jit)
+
+
+def write_torchscript(model: nn.Module, inputs: Any, tmp: Path, options: ExportOptions) -> Written:
+    """Trace and save; the notes name branches the tracer froze (TracerWarnings)."""
     import warnings
 
     args, kwargs = as_args(inputs)
@@ -144,45 +218,42 @@ def write_torchscript(model: nn.Module, inputs: Any, tmp: Path) -> list[str]:
         traced = torch.jit.trace(model, args, example_kwarg_inputs=kwargs or None, check_trace=False)
         torch.jit.save(traced, str(tmp))
     frozen = {f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
-    return [f"the trace froze a data-dependent value or branch at {where}: other inputs may take another "
-            "path in eager PyTorch but not in this program" for where in sorted(frozen)]
+    return Written(notes=[f"the trace froze a data-dependent value or branch at {where}: other inputs may take "
+                          "another path in eager PyTorch but not in this program" for where in sorted(frozen)])
 
 
-def lower_executorch(model: nn.Module, inputs: Any):
+def torchscript_operators(path: Path, written: Written) -> dict[str, int]:
+    """Node count per ATen kind of the inlined graph (``prim::`` glue left out)."""
+    graph = torch.jit.load(str(path)).inlined_graph
+    return dict(collections.Counter(n.kind() for n in graph.nodes() if not n.kind().startswith("prim::")))
+
+
+def torchscript_runner(path: Path, inputs: Any) -> Callable[[], Any]:
+    """The loaded TorchScript program called on ``inputs``."""
+    loaded = torch.jit.load(str(path)).eval()
+    args, kwargs = as_args(inputs)
+    return lambda: loaded(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- ExecuTorch (XNNPACK, checked in its runtime)
+
+
+def lower_executorch(model: nn.Module | torch.export.ExportedProgram, inputs: Any) -> Any:
     """torch.export -> edge dialect -> XNNPACK-delegated ExecuTorch program manager."""
     require("executorch.exir", extra="deploy", purpose="format='executorch'")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    if isinstance(model, torch.export.ExportedProgram):
-        program = model
-    else:
-        args, kwargs = as_args(inputs)
-        program = torch.export.export(model, args, kwargs)
+    program = model if isinstance(model, torch.export.ExportedProgram) else export_program(model, inputs)
     with quiet():
         return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
 
 
-def write_executorch(model: nn.Module, inputs: Any, tmp: Path) -> Any:
+def write_executorch(model: nn.Module, inputs: Any, tmp: Path, options: ExportOptions) -> Written:
+    """Lower and save the ``.pte``; the lowered program is kept to read its operators."""
     edge = lower_executorch(model, inputs)
     tmp.write_bytes(edge.to_executorch().buffer)
-    return edge
-
-
-# ---------------------------------------------------------------- operators
-
-
-def onnx_operators(path: Path) -> dict[str, int]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return dict(collections.Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-                                    for n in graph.node))
-
-
-def torchscript_operators(path: Path) -> dict[str, int]:
-    graph = torch.jit.load(str(path)).inlined_graph
-    return dict(collections.Counter(n.kind() for n in graph.nodes() if not n.kind().startswith("prim::")))
+    return Written(program=edge)
 
 
 def edge_op_name(target: Any) -> str:
@@ -190,10 +261,10 @@ def edge_op_name(target: Any) -> str:
     return name.split("::")[-1] if "::" in name else name
 
 
-def executorch_operators(edge: Any) -> dict[str, int]:
+def executorch_operators(path: Path, written: Written) -> dict[str, int]:
     """Operators of the lowered program; those inside an XNNPACK delegate are prefixed ``xnnpack:``."""
     counts: collections.Counter = collections.Counter()
-    program = edge.exported_program()
+    program = written.program.exported_program()
     for node in program.graph.nodes:
         if node.op == "get_attr" and hasattr(program.graph_module, str(node.target)):
             lowered = getattr(program.graph_module, str(node.target))
@@ -209,27 +280,8 @@ def executorch_operators(edge: Any) -> dict[str, int]:
     return dict(counts)
 
 
-# ---------------------------------------------------------------- runtimes
-
-
-def onnx_runner(path: Path, inputs: Any) -> Callable[[], Any]:
-    ort = require("onnxruntime", extra="deploy", purpose="checking an ONNX export")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle ORT threads must not starve torch
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors_in(inputs))}
-    return lambda: [torch.from_numpy(o.copy()) for o in session.run(None, feeds)]
-
-
-def torchscript_runner(path: Path, inputs: Any) -> Callable[[], Any]:
-    loaded = torch.jit.load(str(path)).eval()
-    args, kwargs = as_args(inputs)
-    return lambda: loaded(*args, **kwargs)
-
-
 def executorch_runner(path: Path, inputs: Any) -> Callable[[], Any]:
+    """The program's ``forward`` in the ExecuTorch runtime, fed the flat list of input tensors."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -237,9 +289,11 @@ def executorch_runner(path: Path, inputs: Any) -> Callable[[], Any]:
     return lambda: method.execute(flat)
 
 
-_WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "executorch": write_executorch}
-_OPERATORS = {"onnx": onnx_operators, "torchscript": torchscript_operators}
-_RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "executorch": executorch_runner}
+register_format(Format("onnx", write_onnx, onnx_operators, onnx_runner, suffix=".onnx", runtime="onnxruntime"))
+register_format(Format("torchscript", write_torchscript, torchscript_operators, torchscript_runner, suffix=".pt",
+                       runtime="torch.jit", aliases=("ts", "jit"), fixed_batch=False))
+register_format(Format("executorch", write_executorch, executorch_operators, executorch_runner, suffix=".pte",
+                       runtime="executorch+xnnpack", aliases=("pte",)))
 
 
 # ---------------------------------------------------------------- entry point
@@ -251,15 +305,16 @@ def unwrap(model: Any, fmt: str) -> nn.Module:
         model = model.model  # FuseResult / QuantResult
     check_module(model)
     if getattr(model, "onnx_bytes", None) is not None and fmt != "onnx":
-        raise NboptError(f"this model is an onnxruntime program (nbopt.quantize backend='onnxruntime'); it exports "
-                         f"only to format='onnx', not {fmt!r}. For {fmt}, quantize with backend='pt2e'.")
+        raise UnsupportedModelError(
+            f"this model is an onnxruntime program (nbopt.quantize backend='onnxruntime'); it exports only to "
+            f"format='onnx', not {fmt!r}. For {fmt}, quantize with backend='pt2e'.")
     converted = getattr(model, "converted", None)  # nbopt.quantize backend='pt2e': export the PT2E graph itself
     model = converted if isinstance(converted, nn.Module) else model
     if fmt == "executorch" and _has_quant_ops(model):
-        raise NboptError("this int8 model was quantized for x86 (torchao X86InductorQuantizer); the ExecuTorch "
-                         "runtime here has no kernels for its quantize/dequantize ops outside XNNPACK. Export it "
-                         "with format='onnx' (onnxruntime runs it), or export the fp32 model to ExecuTorch "
-                         "(XNNPACK runs it in fp32).")
+        raise UnsupportedModelError(
+            "this int8 model was quantized for x86 (torchao X86InductorQuantizer); the ExecuTorch runtime here "
+            "has no kernels for its quantize/dequantize ops outside XNNPACK. Export it with format='onnx' "
+            "(onnxruntime runs it), or export the fp32 model to ExecuTorch (XNNPACK runs it in fp32).")
     return model
 
 
@@ -268,42 +323,45 @@ def _has_quant_ops(model: nn.Module) -> bool:
     return graph is not None and any("quantize_per" in str(n.target) for n in graph.nodes)
 
 
-
 def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: str | os.PathLike | None = None,
            *, opset: int | None = None, check: bool = True, latency: bool = True,
            repeat: int = 20) -> ExportResult:
     """Export ``model`` and verify it in the target's runtime: file size, operators, max |diff|, latency.
 
-    ``format``: "onnx" (checked in onnxruntime), "torchscript" (``torch.jit.load``) or "executorch"
-    (XNNPACK delegate, checked in the ExecuTorch runtime). The file is written to a temp file beside
-    ``path`` and renamed only when the export succeeded, so a failure leaves nothing behind.
-    ``path=None`` writes into a new temporary folder.
+    ``format``: a name in :data:`FORMATS`: "onnx" (checked in onnxruntime), "torchscript" (``torch.jit.load``)
+    or "executorch" (XNNPACK delegate, checked in the ExecuTorch runtime), or one added with
+    :func:`register_format`. The file is written to a temp file beside ``path`` and renamed only when the
+    export succeeded, so a failure leaves nothing behind. ``path=None`` writes into a new temporary folder.
     """
-    fmt = check_format(format)
-    model = unwrap(model, fmt)
+    fmt = FORMATS[check_format(format)]
+    model = unwrap(model, fmt.name)
     check_device(model, example_inputs)
     final = target_path(path, fmt)
     work = working_copy(model).eval()
     with atomic_file(final) as tmp:
-        try:
-            with torch.no_grad():
-                extra = _WRITERS[fmt](work, example_inputs, tmp, opset) if fmt == "onnx" else \
-                    _WRITERS[fmt](work, example_inputs, tmp)
-        except NboptError:
-            raise
-        except Exception as exc:
-            raise export_error(exc, model, fmt) from None
-    ops = executorch_operators(extra) if fmt == "executorch" else _OPERATORS[fmt](final)
-    result = ExportResult(fmt, final, final.stat().st_size, ops, _RUNTIME[fmt])
-    result.notes.extend(extra if fmt == "torchscript" else [])
+        written = _write(fmt, work, example_inputs, tmp, ExportOptions(opset=opset), model)
+    result = ExportResult(fmt.name, final, final.stat().st_size, fmt.operators(final, written), fmt.runtime)
+    result.notes.extend(written.notes)
     if check or latency:
         verify(result, work, example_inputs, latency=latency, repeat=repeat)
     return result
 
 
+def _write(fmt: Format, work: nn.Module, inputs: Any, tmp: Path, options: ExportOptions,
+           model: nn.Module) -> Written:
+    """``fmt.write`` under no_grad; a failure becomes an error naming the module of ``model`` at fault."""
+    try:
+        with torch.no_grad():
+            return fmt.write(work, inputs, tmp, options)
+    except NboptError:
+        raise
+    except Exception as exc:
+        raise export_error(exc, model, fmt.name) from None
+
+
 def verify(result: ExportResult, model: nn.Module, inputs: Any, *, latency: bool = True, repeat: int = 20) -> None:
     """Fill ``result`` with the runtime's max |diff| against eager and both latencies (interleaved timing)."""
-    run = _RUNNERS[result.format](result.path, inputs)
+    run = FORMATS[result.format].runner(result.path, inputs)
     with torch.no_grad():
         result.max_abs_diff = max_abs_diff(call(model, inputs), run())
         if latency:

@@ -8,9 +8,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..graph import capture, module_of, op_name
 from ..inputs import as_args, call, check_device, check_module
 from ..model_state import working_copy
-from .compatibility import capture, module_of, op_name
 
 
 @dataclass

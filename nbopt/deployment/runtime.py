@@ -8,24 +8,25 @@ import torch
 from torch import nn
 
 from ..inputs import tensors_in
+from .export import FORMATS, check_format
 
 
 class RuntimeModule(nn.Module):
-    """Runs an exported program (onnxruntime, torch.jit or ExecuTorch) on torch tensors.
+    """Runs an exported program (onnxruntime, torch.jit, ExecuTorch or any format in ``FORMATS``) on torch
+    tensors, through its format's ``runner``.
 
-    Programs exported with a fixed batch size get larger batches in chunks of that size (the last
-    chunk padded), so ``demo.evaluate`` and other loaders work unchanged.
+    Programs of a format with a fixed batch size get other batch sizes in chunks of the example's size
+    (the last chunk padded), so ``demo.evaluate`` and other loaders work unchanged.
     """
 
     def __init__(self, path: str | Path, format: str, example_inputs: Any):
         super().__init__()
-        from .export import _RUNNERS
-
-        self.path, self.format = Path(path), format
+        self.path, self.format = Path(path), check_format(format)
         self.example = [t.clone() for t in tensors_in(example_inputs)]
         self.batch = self.example[0].shape[0] if self.example and self.example[0].dim() else None
         self._runners: dict[tuple, Any] = {}
-        self._make = _RUNNERS[format]
+        self._make = FORMATS[self.format].runner
+        self._fixed_batch = FORMATS[self.format].fixed_batch
 
     def _run(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         key = tuple(tuple(t.shape) for t in tensors)
@@ -41,7 +42,7 @@ class RuntimeModule(nn.Module):
     def forward(self, *args: Any) -> Any:
         tensors = list(tensors_in(args))
         n = tensors[0].shape[0] if tensors and tensors[0].dim() else None
-        if self.batch is None or n == self.batch or self.format == "torchscript":
+        if self.batch is None or n == self.batch or not self._fixed_batch:
             outs = self._run(tensors)
         else:
             outs = self._chunked(tensors, n)

@@ -98,3 +98,36 @@ def plot_sensitivity(df: pd.DataFrame, value: str = "drop", ax: Any = None) -> A
     ax.set_title(f"sensitivity per layer{partial}")
     fig.tight_layout()
     return fig
+
+
+def plot_bars(df: pd.DataFrame, column: str, title: str) -> Any:
+    """Horizontal bars of one column of ``df``, first row on top (the ProfilePanel's plot)."""
+    import matplotlib.pyplot as plt
+
+    rows = df[column].fillna(0)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(rows), 3) + 1.2))
+    ax.barh([str(i) for i in rows.index], rows.values, color="tab:orange" if "latency" in column else "tab:blue")
+    ax.set_xlabel(column)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_history(history: pd.DataFrame, current: tuple[str, float, float] | None) -> Any:
+    """Accuracy vs sparsity for every setting explored so far, one line per mode, ``current`` (mode, sparsity,
+    accuracy) marked with a star (the PruningPanel's plot)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for mode, rows in history.groupby("mode"):
+        rows = rows.sort_values("sparsity")
+        ax.plot(100 * rows["sparsity"], 100 * rows["accuracy"], "o-", ms=4, label=mode)
+    if current is not None:
+        ax.plot(100 * current[1], 100 * current[2], "*", ms=16, color="crimson", label="current", zorder=5)
+    ax.set_xlabel("sparsity (% of prunable weights removed)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlim(-2, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

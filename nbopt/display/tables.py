@@ -8,6 +8,7 @@ import pandas as pd
 
 from .format import format_table, readable
 
+VIEWS = ("layer", "type")  # the ``by=`` of :func:`view` (and of the magic's and the CLI's --by)
 SHOWN = ["type", "out_shape", "params", "macs", "flops", "share", "latency_ms", "self_latency_ms", "out_bytes",
          "gflops_per_s"]
 

@@ -13,6 +13,7 @@ from torch import nn
 from ..display import figures, tables
 from ..errors import describe_exception
 from ..profiling import Profile, profile, profile_code
+from ..profiling.api import ENGINES
 from .common import evaluate, parse, store, usage_errors
 
 
@@ -56,9 +57,9 @@ class ProfileMagics(Magics):
 
     @magic_arguments()
     @argument("--top", type=int, default=None, metavar="K", help="show only the K layers with most MACs")
-    @argument("--by", choices=("layer", "type"), default="layer", help="one row per layer, or grouped by type")
+    @argument("--by", choices=tables.VIEWS, default="layer", help="one row per layer, or grouped by type")
     @argument("--depth", type=int, default=None, metavar="N", help="collapse the module tree below depth N")
-    @argument("--engine", choices=("aten", "thop"), default="aten",
+    @argument("--engine", choices=ENGINES, default="aten",
               help="aten: complete dispatch-level count (default); thop: thop's own numbers")
     @argument("--no-latency", action="store_true", help="count only; skip timing (faster)")
     @argument("--ignore", default=None, metavar="TYPES", help="module types to drop, e.g. ReLU,Dropout")

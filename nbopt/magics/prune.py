@@ -10,6 +10,8 @@ from IPython.display import display
 
 from ..errors import describe_exception
 from ..pruning import prune
+from ..pruning.pruner import SCOPES
+from ..pruning.structured import CRITERIA
 from .common import evaluate, parse, store, usage_errors
 
 
@@ -36,13 +38,13 @@ class PruneMagics(Magics):
               help="remove weights with magnitude below T (instead of --amount)")
     @argument("--structured", action="store_true",
               help="remove whole output channels and everything that depends on them (a smaller, faster model)")
-    @argument("--scope", choices=("global", "layer"), default="global",
+    @argument("--scope", choices=SCOPES, default="global",
               help="rank weights across all layers (global, default) or within each layer")
     @argument("--inputs", default=None, metavar="EXPR", required=True,
               help="example inputs expression, e.g. `torch.randn(1, 3, 224, 224)` (required)")
     @argument("--exclude", default=None, metavar="NAMES", help="comma-separated layer names to leave alone")
     @argument("--layers", default=None, metavar="NAMES", help="comma-separated layer names to prune (default: all)")
-    @argument("--criterion", choices=("l1", "l2", "bn"), default="l1",
+    @argument("--criterion", choices=CRITERIA, default="l1",
               help="structured channel importance: L1 or L2 norm, or BatchNorm scale")
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> score (e.g. accuracy), shown before and after")

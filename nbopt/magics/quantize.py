@@ -7,6 +7,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from ..quantization import quantize, sensitivity
+from ..quantization.options import BACKENDS, GRANULARITIES, MODES, OBSERVERS
 from .common import evaluate, parse, store, usage_errors
 
 
@@ -45,14 +46,17 @@ class QuantizeMagics(Magics):
     @argument("--bits", type=int, default=8, metavar="B", help="weight bits, 2-16 (default 8; int8 modes need 8)")
     @argument("--act-bits", type=_bits, default=8, metavar="B",
               help="activation bits, 2-16, or 'none' to keep activations in float (default 8)")
-    @argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per output channel)")
+    @argument("--granularity", choices=GRANULARITIES, default="per_channel",
+              help="weight scales per output channel (default) or one per tensor")
+    @argument("--per-tensor", dest="granularity", action="store_const", const="per_tensor",
+              help="one weight scale per tensor (the same as --granularity per_tensor)")
     @argument("--asymmetric", action="store_true", help="asymmetric weight quantization (zero point != 0)")
-    @argument("--observer", choices=("minmax", "percentile", "mse"), default="minmax",
+    @argument("--observer", choices=OBSERVERS, default="minmax",
               help="how ranges are chosen: full min/max, percentile clipping, or MSE-optimal clipping")
-    @argument("--mode", choices=("simulate", "int8", "dynamic"), default="simulate",
+    @argument("--mode", choices=MODES, default="simulate",
               help="simulate: fake quantization at any width (accuracy study, NOT faster); int8: real int8 "
                    "kernels (faster, needs --calib); dynamic: int8 weights, activations quantized at run time")
-    @argument("--backend", choices=("auto", "pt2e", "onnxruntime"), default="auto",
+    @argument("--backend", choices=BACKENDS, default="auto",
               help="int8 backend; auto measures both on your input and keeps the faster")
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> accuracy, measured before and after")
@@ -90,15 +94,13 @@ class QuantizeMagics(Magics):
             bits = _bit_list(opts.sensitivity)
             with usage_errors():
                 df = sensitivity(model, calib, evaluate=eval_fn, bits=bits, observer=opts.observer,
-                                 granularity="per_tensor" if opts.per_tensor else "per_channel",
-                                 symmetric=not opts.asymmetric)
+                                 granularity=opts.granularity, symmetric=not opts.asymmetric)
             _show_sensitivity(df)
             store(self.shell, opts.output, df)
             return
         with usage_errors():
             result = quantize(model, calib, weight_bits=opts.bits, act_bits=opts.act_bits,
-                              granularity="per_tensor" if opts.per_tensor else "per_channel",
-                              symmetric=not opts.asymmetric, observer=opts.observer, mode=opts.mode,
+                              granularity=opts.granularity, symmetric=not opts.asymmetric, observer=opts.observer, mode=opts.mode,
                               backend=opts.backend, evaluate=eval_fn, progress=True)
         display(result.report)
         display(result.summary())

@@ -3,6 +3,7 @@
 ``ProfilePanel(profile)``, ``PruningPanel(model, inputs, evaluate=None)``,
 ``QuantizationPanel(model, calib, evaluate=None)``. Importing this package imports ipywidgets;
 the core (``nbopt.profile``, ``nbopt.pruning``, ``nbopt.quantization``) never does.
+Each is a :class:`~nbopt.panels.common.Panel` (shared debounce, error guard, display; ``update()`` re-draws).
 
 They run in JupyterLab 4, Notebook 7 and Voila (tests/browser drives each with the keyboard). Notebook 7
 (7.6) gives its command-mode shortcuts the first look at every key, so arrow keys on a focused slider move

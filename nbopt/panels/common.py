@@ -1,4 +1,5 @@
-"""Shared pieces of the panels: a kernel-side debounce, error display, figure output, readable HTML.
+"""Shared pieces of the panels: the :class:`Panel` base (debounce, error guard, display), figure output,
+readable HTML.
 
 Panels are front-ends only: widgets -> a call into the core -> rendering. Nothing here computes results.
 """
@@ -8,7 +9,7 @@ import asyncio
 import contextlib
 import html
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ipywidgets as widgets
 import pandas as pd
@@ -117,6 +118,69 @@ class Guard:
         return wrapped
 
 
+class Panel:
+    """Widget plumbing every panel shares; a subclass builds its controls and implements :meth:`update`.
+
+    * ``status`` (an HTML line) and ``guard`` (:class:`Guard`): errors raised by widget callbacks are shown
+      in ``status`` instead of the log console; ``guard.last_error`` keeps the last one.
+    * :meth:`update`: apply the current controls through the core and re-draw. Widget events reach it
+      through a :class:`Debouncer` (:meth:`watch`), buttons through :meth:`on_click`.
+    * :meth:`changing`: change several controls in code, update once; :meth:`flush` runs a pending update.
+    * ``widget``: the top-level widget, displayed by ``_repr_mimebundle_``.
+
+    Call :meth:`_init_panel` before building callbacks and :meth:`_first_update` at the end of ``__init__``.
+    """
+
+    widget: widgets.Widget
+    status: widgets.HTML
+    guard: Guard
+
+    def _init_panel(self, debounce: float) -> None:
+        self.status = widgets.HTML("")
+        self.guard = Guard(self.status)
+        self._debounced = Debouncer(self.guard(self.update), debounce)
+
+    def _first_update(self) -> None:
+        """The first render; an error shows in ``status`` like a callback's."""
+        self.guard(self.update)()
+
+    def update(self) -> None:
+        """Apply the current controls through the core and re-draw the readouts."""
+        raise NotImplementedError
+
+    def watch(self, *controls: widgets.Widget) -> None:
+        """A change of any of ``controls`` runs :meth:`update` (debounced, guarded)."""
+        for control in controls:
+            control.observe(self._debounced, names="value")
+
+    def on_click(self, button: widgets.Button, action: Callable[[], Any]) -> None:
+        """Clicking ``button`` runs ``action()`` (guarded: errors go to ``status``)."""
+        button.on_click(self.guard(lambda _: action()))
+
+    def flush(self) -> None:
+        """Run a pending (debounced) update now."""
+        if self._debounced.pending:
+            self._debounced.flush()
+
+    def raise_last_error(self) -> None:
+        """Re-raise the error the last guarded callback showed in ``status`` (if it failed)."""
+        if self.guard.last_error is not None:
+            raise self.guard.last_error
+
+    @contextlib.contextmanager
+    def changing(self, *, raise_errors: bool = True) -> Iterator["Panel"]:
+        """Change several controls inside this block; :meth:`update` runs once at the end, and its error (if
+        any) is raised here with ``raise_errors`` (code gets exceptions; widget callbacks get ``status``)."""
+        with self._debounced.hold():
+            yield self
+        self.flush()
+        if raise_errors:
+            self.raise_last_error()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
 def show_figure(image: widgets.Image, fig: Any) -> None:
     """Replace ``image``'s picture with ``fig`` in place (PNG), then close the figure so none leaks.
 
@@ -169,7 +233,3 @@ def table_html(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None
 def percent(value: Any) -> str:
     return "" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
 
-
-def layout_box(children: list[widgets.Widget], title: str | None = None) -> widgets.VBox:
-    kids = ([widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []) + list(children)
-    return widgets.VBox(kids, layout=widgets.Layout(width="100%"))

@@ -7,30 +7,17 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from ..display import tables
+from ..display import figures, tables
 from ..display import format as fmt
 from ..errors import InputTypeError
 from ..profiling import Profile
-from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, show_figure
+from .common import DEFAULT_DEBOUNCE_S, Panel, figure_widget, show_figure
 
 METRICS = ("macs", "flops", "params", "self_latency_ms", "out_bytes")
-GROUPS = ("layer", "type", "depth")
+GROUPS = (*tables.VIEWS, "depth")
 
 
-def bar_figure(df: pd.DataFrame, column: str, title: str) -> Any:
-    """Horizontal bars of one column of the rows shown (drawing only)."""
-    import matplotlib.pyplot as plt
-
-    rows = df[column].fillna(0)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(rows), 3) + 1.2))
-    ax.barh([str(i) for i in rows.index], rows.values, color="tab:orange" if "latency" in column else "tab:blue")
-    ax.set_xlabel(column)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-class ProfilePanel:
+class ProfilePanel(Panel):
     """Explore a Profile: rows per layer, per type or collapsed at a depth; top-k by a metric; a bar plot.
 
     >>> panel = ProfilePanel(nbopt.profile(model, x))
@@ -60,19 +47,16 @@ class ProfilePanel:
         self.summary = widgets.HTML(f"<b>{html.escape(tables.summary_line(profile))}</b>")
         notes = tables.uncounted_line(profile)
         self.notes = widgets.HTML(f"<p>{html.escape(notes)}</p>" if notes else "")
-        self.status = widgets.HTML("")
         self.table = widgets.HTML()
         self.plot = figure_widget()
         self.rows: pd.DataFrame = pd.DataFrame()
         self.figure: Any = None
-        self.guard = Guard(self.status)
-        self._debounced = Debouncer(self.guard(self.refresh), debounce)
-        for w in (self.by, self.depth, self.top, self.metric, self.show_plot):
-            w.observe(self._debounced, names="value")
+        self._init_panel(debounce)
+        self.watch(self.by, self.depth, self.top, self.metric, self.show_plot)
         controls = widgets.HBox([self.by, self.metric, self.show_plot])
         self.widget = widgets.VBox([self.summary, self.notes, controls, widgets.HBox([self.top, self.depth]),
                                     self.status, self.table, self.plot])
-        self.guard(self.refresh)()
+        self._first_update()
 
     @classmethod
     def from_model(cls, model: Any, inputs: Any, *, latency: bool = True, **options: Any) -> "ProfilePanel":
@@ -83,8 +67,11 @@ class ProfilePanel:
 
     def set(self, *, by: str | None = None, metric: str | None = None, top: int | None = None,
             depth: int | None = None) -> "ProfilePanel":
-        """Change several controls at once and render once (what the widgets do, for code and tests)."""
-        with self._debounced.hold():
+        """Change several controls at once and render once (what the widgets do, for code and tests).
+
+        An error while rendering is shown in ``status`` (as from the widgets), not raised.
+        """
+        with self.changing(raise_errors=False):
             if by is not None:
                 self.by.value = by
             if metric is not None:
@@ -93,11 +80,10 @@ class ProfilePanel:
                 self.top.value = top
             if depth is not None:
                 self.depth.value = depth
-        if self._debounced.pending:
-            self._debounced.flush()
         return self
 
-    def refresh(self) -> None:
+    def update(self) -> None:
+        """Re-select the rows for the current controls and re-draw the table and the plot."""
         by, metric = self.by.value, self.metric.value
         self.depth.layout.visibility = "visible" if by == "depth" else "hidden"
         rows = tables.view(self.profile, by="type" if by == "type" else "layer",
@@ -108,14 +94,15 @@ class ProfilePanel:
         self.table.value = fmt.format_table(tables.shown_columns(rows)).to_html(escape=True)
         if self.show_plot.value:
             label = {"layer": "layers", "type": "layer types", "depth": f"modules at depth {self.depth.value}"}[by]
-            self.figure = bar_figure(rows, sort, f"Top {len(rows)} {label} by {sort}")
+            self.figure = figures.plot_bars(rows, sort, f"Top {len(rows)} {label} by {sort}")
             show_figure(self.plot, self.figure)
         else:
             self.figure = None
             self.plot.value = b""
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def refresh(self) -> None:
+        """The same as :meth:`update` (this panel's name for it before the :class:`Panel` base)."""
+        self.update()
 
     def __repr__(self) -> str:
         return (f"ProfilePanel(by={self.by.value}, metric={self.metric.value}, top={self.top.value}, "

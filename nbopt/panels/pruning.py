@@ -16,8 +16,9 @@ from torch import nn
 
 from ..errors import InputTypeError, NboptError
 from ..inputs import check_module
+from ..display.figures import plot_accuracy_history
 from ..display.format import readable, readable_bytes
-from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, figure_widget, percent, show_figure, table_html
+from .common import DEFAULT_DEBOUNCE_S, Panel, figure_widget, percent, show_figure, table_html
 
 TABLE_COLUMNS = ["type", "sparsity", "params_before", "params_after", "dense_macs", "effective_macs",
                  "channels", "channels_kept"]
@@ -27,26 +28,7 @@ STRUCTURED_THRESHOLD_MAX = 1.5  # structured importance is normalised to mean 1 
 FP32_BYTES = 4
 
 
-def accuracy_figure(history: pd.DataFrame, current: tuple[str, float, float] | None) -> Any:
-    """Accuracy vs sparsity for every setting explored so far, one line per mode, current point marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for mode, rows in history.groupby("mode"):
-        rows = rows.sort_values("sparsity")
-        ax.plot(100 * rows["sparsity"], 100 * rows["accuracy"], "o-", ms=4, label=mode)
-    if current is not None:
-        ax.plot(100 * current[1], 100 * current[2], "*", ms=16, color="crimson", label="current", zorder=5)
-    ax.set_xlabel("sparsity (% of prunable weights removed)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xlim(-2, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-class PruningPanel:
+class PruningPanel(Panel):
     """Prune interactively: slider -> ``Pruner.set`` -> per-layer table, totals, accuracy, plot.
 
     >>> panel = nbopt.PruningPanel(model, example_input, evaluate=demo.evaluate)
@@ -114,24 +96,21 @@ class PruningPanel:
         self.measure_button = widgets.Button(description="Measure latency", icon="clock-o",
                                              disabled=measure_latency is False)
         self.export_button = widgets.Button(description="Export", button_style="success", icon="download")
-        self.status = widgets.HTML("")
         self.totals_html = widgets.HTML().add_class("nbopt-totals")
         self.accuracy_html = widgets.HTML().add_class("nbopt-accuracy")
         self.measured_html = widgets.HTML().add_class("nbopt-measured")
         self.table = widgets.HTML().add_class("nbopt-table")
         self.plot = figure_widget()
 
-        self.guard = Guard(self.status)
-        self._debounced = Debouncer(self.guard(self.update), debounce)
-        for w in (self.amount, self.threshold, self.structured, self.scope):
-            w.observe(self._debounced, names="value")
+        self._init_panel(debounce)
+        self.watch(self.amount, self.threshold, self.structured, self.scope)
         self.by.observe(self.guard(self._on_by), names="value")
         self.structured.observe(self.guard(self._on_structured), names="value")
-        self.override_set.on_click(self.guard(lambda _: self.set_override(self.override_layer.value,
-                                                                          self.override_amount.value)))
-        self.override_clear.on_click(self.guard(lambda _: self.clear_overrides()))
-        self.measure_button.on_click(self.guard(lambda _: self.measure()))
-        self.export_button.on_click(self.guard(lambda _: self.export()))
+        self.on_click(self.override_set, lambda: self.set_override(self.override_layer.value,
+                                                                   self.override_amount.value))
+        self.on_click(self.override_clear, self.clear_overrides)
+        self.on_click(self.measure_button, self.measure)
+        self.on_click(self.export_button, self.export)
 
         overrides_box = widgets.VBox([widgets.HBox([self.override_layer, self.override_amount]),
                                       widgets.HBox([self.override_set, self.override_clear, self.overrides_label])])
@@ -142,7 +121,7 @@ class PruningPanel:
         right = widgets.VBox([self.accuracy_html, self.totals_html, self.measured_html, self.plot])
         self.widget = widgets.VBox([widgets.HBox([left, right]), self.table]).add_class("nbopt-pruning-panel")
         self._on_structured()
-        self.guard(self.update)()
+        self._first_update()
 
     # ------------------------------------------------------------------ controls for code and tests
     def set(self, amount: float | None = None, *, threshold: float | None = None, structured: bool | None = None,
@@ -150,7 +129,7 @@ class PruningPanel:
         """Move the controls as a user would (one update at the end); errors raise here, unlike in callbacks."""
         if amount is not None and threshold is not None:
             raise NboptError("give either amount= or threshold=, not both")
-        with self._debounced.hold():
+        with self.changing():
             if structured is not None:
                 self.structured.value = structured
             if scope is not None:
@@ -161,11 +140,7 @@ class PruningPanel:
             elif amount is not None:
                 self.by.value = "amount"
                 self.amount.value = amount
-        self._raise_last_error()
         return self
-
-    def set_amount(self, amount: float) -> "PruningPanel":
-        return self.set(amount)
 
     def set_override(self, layer: str, amount: float) -> "PruningPanel":
         """Give ``layer`` its own sparsity (checked by the Pruner on the next update)."""
@@ -181,15 +156,6 @@ class PruningPanel:
         self.overrides.clear()
         self.update()
         return self
-
-    def flush(self) -> None:
-        """Run a pending (debounced) update now."""
-        if self._debounced.pending:
-            self._debounced.flush()
-
-    def _raise_last_error(self) -> None:
-        if self.guard.last_error is not None:
-            raise self.guard.last_error
 
     def _on_by(self, change: Any = None) -> None:
         threshold = self.by.value == "threshold"
@@ -273,7 +239,7 @@ class PruningPanel:
     def _plot(self, mode: str) -> None:
         history = pd.DataFrame([{"mode": m, "sparsity": sp, "accuracy": acc}
                                 for (m, ov, sp), acc in self._history.items()])
-        self.figure = accuracy_figure(history, (mode, self.totals["sparsity"], self.accuracy))
+        self.figure = plot_accuracy_history(history, (mode, self.totals["sparsity"], self.accuracy))
         show_figure(self.plot, self.figure)
 
     @property
@@ -305,9 +271,6 @@ class PruningPanel:
         self.status.value = (f"<span class='nbopt-exported'>Exported: {type(self.result).__name__} with "
                              f"{readable(n)} params → <code>panel.result</code></span>")
         return self.result
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         acc = "" if self.accuracy is None else f", accuracy={self.accuracy:.4f}"

@@ -18,14 +18,13 @@ from torch import nn
 from ..errors import InputTypeError, NboptError
 from ..inputs import check_module
 from ..display.format import readable_bytes
-from .common import DEFAULT_DEBOUNCE_S, Debouncer, Guard, table_html
+from .common import DEFAULT_DEBOUNCE_S, Panel, table_html
 
 REPORT_COLUMNS = ["type", "weight_bits", "act_bits", "granularity", "symmetric", "weight_sqnr_db", "output_sqnr_db"]
 FLOAT = lambda v: "" if pd.isna(v) else f"{v:.2f}"  # noqa: E731
-SENS_FORMATS = {}
 
 
-class QuantizationPanel:
+class QuantizationPanel(Panel):
     """Quantize interactively: sliders -> ``QuantTuner.set`` (= ``nbopt.quantize(mode="simulate")``) -> readouts.
 
     >>> panel = nbopt.QuantizationPanel(model, demo.calibration_data(), evaluate=demo.evaluate)
@@ -80,22 +79,18 @@ class QuantizationPanel:
                                                    "sensitivity table")
         self.int8_button = widgets.Button(description="Build real int8", button_style="warning", icon="bolt")
         self.overrides_label = widgets.HTML("none")
-        self.status = widgets.HTML("")
         self.readout = widgets.HTML().add_class("nbopt-quant-readout")
         self.int8_html = widgets.HTML().add_class("nbopt-int8")
         self.table = widgets.HTML().add_class("nbopt-table")
         self.sens_table = widgets.HTML()
 
-        self.guard = Guard(self.status)
-        self._debounced = Debouncer(self.guard(self.update), debounce)
-        for w in (self.weight_bits, self.act_bits, self.act_float, self.granularity, self.symmetric):
-            w.observe(self._debounced, names="value")
-        self.layer_set.on_click(self.guard(lambda _: self.set_layer_bits(self.layer.value,
-                                                                         self.layer_bits_slider.value)))
-        self.layer_clear.on_click(self.guard(lambda _: self.clear_layer_bits()))
-        self.sens_button.on_click(self.guard(lambda _: self.measure_sensitivity()))
-        self.mixed_button.on_click(self.guard(lambda _: self.apply_mixed_precision()))
-        self.int8_button.on_click(self.guard(lambda _: self.build_int8()))
+        self._init_panel(debounce)
+        self.watch(self.weight_bits, self.act_bits, self.act_float, self.granularity, self.symmetric)
+        self.on_click(self.layer_set, lambda: self.set_layer_bits(self.layer.value, self.layer_bits_slider.value))
+        self.on_click(self.layer_clear, self.clear_layer_bits)
+        self.on_click(self.sens_button, self.measure_sensitivity)
+        self.on_click(self.mixed_button, self.apply_mixed_precision)
+        self.on_click(self.int8_button, self.build_int8)
 
         overrides = widgets.VBox([widgets.HBox([self.sens_button, self.mixed_button]), self.sens_table,
                                   widgets.HBox([self.layer, self.layer_bits_slider]),
@@ -108,13 +103,13 @@ class QuantizationPanel:
         self.widget = widgets.VBox([widgets.HBox([left, right]), self.table]).add_class("nbopt-quant-panel")
         if sensitivity is not None:
             self._show_sensitivity()
-        self.guard(self.update)()
+        self._first_update()
 
     # ------------------------------------------------------------------ controls for code and tests
     def set(self, *, weight_bits: int | None = None, act_bits: int | None | str = "keep",
             granularity: str | None = None, symmetric: bool | None = None) -> "QuantizationPanel":
         """Move the controls as a user would (one update); ``act_bits=None`` keeps activations in float."""
-        with self._debounced.hold():
+        with self.changing():
             if weight_bits is not None:
                 self.weight_bits.value = weight_bits
             if act_bits is None:
@@ -126,8 +121,6 @@ class QuantizationPanel:
                 self.granularity.value = granularity
             if symmetric is not None:
                 self.symmetric.value = symmetric
-        if self.guard.last_error is not None:
-            raise self.guard.last_error
         return self
 
     def set_layer_bits(self, layer: str, bits: int) -> "QuantizationPanel":
@@ -145,10 +138,6 @@ class QuantizationPanel:
         self.layer_bits = {}
         self.update()
         return self
-
-    def flush(self) -> None:
-        if self._debounced.pending:
-            self._debounced.flush()
 
     def options(self) -> dict[str, Any]:
         """The ``nbopt.quantize`` keyword arguments the controls describe now."""
@@ -240,9 +229,6 @@ class QuantizationPanel:
         from ..layers import weighted_layers
 
         return list(weighted_layers(self.model))
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         o = self.options()

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from ..inputs import describe_shapes, tensor_list
+from ..layers import ROOT
 
 OUTSIDE = "(outside modules)"
 
@@ -73,7 +74,7 @@ class ModuleNames:
         self.roots.append((prefix, model))
         seen = self._seen_params
         for name, m in model.named_modules():
-            full = ".".join(p for p in (prefix, name) if p) or "(root)"
+            full = ".".join(p for p in (prefix, name) if p) or ROOT
             self.names.setdefault(id(m), full)
             self.types.setdefault(full, type(m).__name__)
             own = 0
@@ -124,7 +125,7 @@ class ModuleTracker:
     def stats_for(self, name: str, module: nn.Module | None = None) -> ModuleStats:
         st = self.stats.get(name)
         if st is None:
-            depth = 0 if name in (OUTSIDE, "(root)") else name.count(".") + 1
+            depth = 0 if name in (OUTSIDE, ROOT) else name.count(".") + 1
             st = ModuleStats(name, type(module).__name__ if module is not None else "", depth)
             self.stats[name] = st
         return st
@@ -186,7 +187,7 @@ class ModuleTracker:
 
     def failed_at(self, exc: BaseException) -> str:
         """`` at layer 'name' (Type, given shapes)`` for the layer that raised ``exc``; "" for the root."""
-        if self.failure is None or self.failure[0] is not exc or self.failure[1] == "(root)":
+        if self.failure is None or self.failure[0] is not exc or self.failure[1] == ROOT:
             return ""
         _, name, type_name, shapes = self.failure
         return f" at layer '{name}' ({type_name}, given {shapes})"
@@ -205,13 +206,3 @@ class ModuleTracker:
             self.stack.clear()
             self.suppressed = 0
             self._suppress_flags.clear()
-
-
-def per_module_params(names: ModuleNames) -> dict[str, int]:
-    """Parameters held directly by each module; a parameter shared by several modules counts once."""
-    return dict(names.params)
-
-
-def module_types(names: ModuleNames) -> dict[str, str]:
-    """Type name of every module of the roots, by qualified name."""
-    return dict(names.types)

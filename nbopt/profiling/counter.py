@@ -3,7 +3,7 @@
 Counting happens in a ``TorchDispatchMode`` that is entered for one call and exited in ``finally``, so it
 never outlives the call. Composite ops that reach the mode undecomposed (as under ``inference_mode``) are
 decomposed first, so grad, no_grad and inference_mode give the same numbers. How each op overload is
-handled is worked out once per counter (:class:`_Plan`), not on every call.
+handled is worked out once per counter and registry version (:class:`_Plan`), not on every call.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .attribution import ModuleTracker
+from .attribution import ModuleNames, ModuleTracker
 from .fast_meta import fast_meta
-from .formulas import FORMULAS, ZERO_COST, Cost, Formula, is_pointwise, is_view, pointwise_cost
+from .formulas import FORMULAS, POINTWISE, Cost, FormulaRegistry, is_pointwise, is_view
+from .formulas.registry import Counting
 
 _COMPOSITE = "CompositeImplicitAutograd"
 aten = torch.ops.aten
@@ -35,7 +36,7 @@ class _Plan(NamedTuple):
     """What to do with one op overload: ``kind``; for DECOMPOSE, ``fallback`` when it will not decompose."""
 
     kind: str
-    formula: Formula | None
+    count: Counting | None
     name: str
     fallback: "_Plan | None" = None
     dtype_rule: str | None = None
@@ -46,24 +47,24 @@ def _has_composite(func: Any) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
 
 
-def _run_plan(func: Any) -> _Plan:
+def _run_plan(func: Any, formulas: FormulaRegistry) -> _Plan:
     """How to count ``func`` once it runs as itself."""
     packet = func.overloadpacket
     rule = "same" if packet in _SAME_DTYPE else "float" if packet in _FLOAT_INPUT else None
-    formula = FORMULAS.get(packet)
+    formula = formulas.get(packet)
     if formula is not None:
-        return _Plan(FORMULA, formula, str(packet), dtype_rule=rule, fast=fast_meta(packet))
-    if packet in ZERO_COST or is_view(func):
+        return _Plan(FORMULA, formula.bind(func), str(packet), dtype_rule=rule, fast=fast_meta(packet))
+    if formulas.is_zero_cost(packet) or is_view(func):
         return _Plan(FREE, None, str(packet))
     if is_pointwise(func):
-        return _Plan(FORMULA, pointwise_cost, str(packet), fast=fast_meta(packet))
+        return _Plan(FORMULA, POINTWISE.bind(func), str(packet), fast=fast_meta(packet))
     return _Plan(UNCOUNTED, None, str(packet))
 
 
-def make_plan(func: Any) -> _Plan:
+def make_plan(func: Any, formulas: FormulaRegistry = FORMULAS) -> _Plan:
     """Composite ops without a formula are decomposed (their parts are counted); the rest run as themselves."""
-    plan = _run_plan(func)
-    if plan.kind != FREE and func.overloadpacket not in FORMULAS and _has_composite(func):
+    plan = _run_plan(func, formulas)
+    if plan.kind != FREE and func.overloadpacket not in formulas and _has_composite(func):
         return _Plan(DECOMPOSE, None, plan.name, fallback=plan)
     return plan
 
@@ -79,26 +80,38 @@ def check_dtypes(plan: _Plan, args: tuple) -> None:
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts MACs/FLOPs of every ATen op and hands them to ``tracker`` for attribution.
+    """Counts MACs/FLOPs of every ATen op with ``formulas`` and hands them to ``tracker`` for attribution.
 
-    ``meta=True`` (a run on meta tensors) adds the dtype checks that meta kernels leave out and makes the
-    outputs of ops with slow meta kernels directly (:mod:`.fast_meta`).
+    ``formulas`` is the registry to count with (the global one by default, or a per-call overlay); plans
+    cached per op overload are dropped whenever its ``version`` changes. ``meta=True`` (a run on meta
+    tensors) adds the dtype checks that meta kernels leave out and makes the outputs of ops with slow meta
+    kernels directly (:mod:`.fast_meta`).
     """
 
-    def __init__(self, tracker: ModuleTracker, *, meta: bool = False) -> None:
+    def __init__(self, tracker: ModuleTracker, *, meta: bool = False, formulas: FormulaRegistry | None = None
+                 ) -> None:
         super().__init__()
         self.tracker = tracker
         self.meta = meta
+        self.formulas = formulas if formulas is not None else FORMULAS
         self.uncounted: collections.Counter[str] = collections.Counter()
         self.counted_calls = 0
-        self.op_costs: collections.Counter[str] = collections.Counter()  # MACs by op, for the curious
         self._plans: dict[Any, _Plan] = {}
+        self._plans_version = self.formulas.version
+
+    def _plan(self, func: Any) -> _Plan:
+        version = self.formulas.version
+        if version != self._plans_version:  # a formula was registered mid-run: no stale plan survives
+            self._plans.clear()
+            self._plans_version = version
+        plan = self._plans.get(func)
+        if plan is None:
+            plan = self._plans[func] = make_plan(func, self.formulas)
+        return plan
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        plan = self._plans.get(func)
-        if plan is None:
-            plan = self._plans[func] = make_plan(func)
+        plan = self._plan(func)
         if plan.kind == DECOMPOSE:
             with self:  # count the parts of a composite op (inference_mode hands them to us whole)
                 result = func.decompose(*args, **kwargs)
@@ -118,10 +131,8 @@ class OpCounter(TorchDispatchMode):
         if plan.kind == UNCOUNTED:
             self.uncounted[plan.name] += 1
             return out
-        cost = plan.formula(args, kwargs, out)
+        cost = plan.count(args, kwargs, out)
         self.counted_calls += 1
-        if not self.tracker.suppressed:
-            self.op_costs[plan.name] += cost.macs
         self.tracker.add(cost.macs, cost.flops)
         return out
 
@@ -133,11 +144,9 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_cost(fn: Any, *args: Any, **kwargs: Any) -> Cost:
-    """Total cost of calling ``fn(*args, **kwargs)`` (no module attribution) — handy in tests."""
-    from .attribution import ModuleNames
+    """Total cost of calling ``fn(*args, **kwargs)`` with the global formulas (no module attribution)."""
     tracker = ModuleTracker(ModuleNames())
-    counter = OpCounter(tracker)
-    with counter:
+    with OpCounter(tracker):
         fn(*args, **kwargs)
     st = tracker.stats.values()
     return Cost(sum(s.macs for s in st), sum(s.flops for s in st))

@@ -1,7 +1,8 @@
 """nbopt.quantize: simulated any-bit quantization or a real int8 model, with report, sizes, speed, fidelity."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import nn
 
@@ -19,38 +20,75 @@ from .result import QuantResult
 from .simulate import attach, calibrate, weight_qparams
 from .sizes import deployable_bytes, fp32_sizes
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_bits: int | None = 8,
              granularity: str = "per_channel", symmetric: bool = True, observer: str = "minmax",
              mode: str = "simulate", layer_bits: Mapping[str, int] | None = None,
              evaluate: Callable[[nn.Module], float] | None = None, backend: str = "auto",
              percentile: float = 99.99, progress: bool = True, repeat: int = 20) -> QuantResult:
-    """Quantize a copy of ``model`` and measure what it costs and gains.
+    """Quantize a copy of ``model`` and measure what it costs and gains; ``model`` is never modified.
 
-    mode="simulate": fake quantization at any width 2-16 (float compute: not faster; predicts accuracy).
-    mode="int8": real int8 kernels (torchao PT2E + torch.compile, or onnxruntime QDQ; backend="auto"
-    measures both and keeps the faster). mode="dynamic": int8 weights, activations quantized on the fly.
-    ``calib``: tensor, DataLoader or iterable of batches; ``evaluate(model) -> accuracy`` optional.
+    Args:
+        model: the float model (BatchNorm is folded into the copy first).
+        calib: calibration data (tensor, DataLoader or iterable of batches): fixes activation ranges and
+            is what fidelity and latency are measured on. Needed unless ``act_bits=None`` in simulate mode.
+        weight_bits: bits of every Conv/Linear weight, an integer 2-16 (8 for the int8 modes).
+        act_bits: bits of each layer's input activations (2-16), or None to keep them in float.
+        granularity: "per_channel" (one scale per output channel) or "per_tensor" weight scales.
+        symmetric: symmetric weight grid (zero point 0); activations are always asymmetric.
+        observer: how ranges are chosen: "minmax", "percentile" or "mse" (least squared error).
+        mode: "simulate": fake quantization at any width (float compute: predicts accuracy, not faster);
+            "int8": real int8 kernels; "dynamic": int8 weights, activations quantized on the fly.
+        layer_bits: per-layer weight bits by layer name, overriding ``weight_bits`` (simulate only).
+        evaluate: ``evaluate(model) -> accuracy``; when given, fp32 and quantized accuracy are reported.
+        backend: int8 runtime: "pt2e" (torchao PT2E + torch.compile), "onnxruntime" (QDQ), or "auto"
+            (builds both, times them on your input and keeps the faster).
+        percentile: the range percentile of ``observer="percentile"``, in (50, 100].
+        progress: show progress bars.
+        repeat: about how many timed calls per model for the latency (median) comparison.
     """
     check_module(model)
-    opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, dict(layer_bits or {}),
-                        percentile).validate()
+    opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
     check_choice(mode, MODES, "mode")
     check_choice(backend, BACKENDS, "backend")
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
     _check_mode(mode, opts, calib)
+    job = _prepare(model, calib, opts, evaluate, progress, repeat)
+    if mode == "simulate":
+        return _simulate(job)
+    return _real(job, dynamic=mode == "dynamic", backend=backend)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one quantization run measures against: fp32 copies of the model, the data and the settings."""
+
+    reference: nn.Module  # eval copy of the user's model: the fp32 baseline
+    folded: nn.Module  # BN-folded eval copy the quantized weights come from
+    calib: Any
+    example: Any  # first calibration batch (export and timing input), None without calib
+    opts: QuantOptions
+    evaluate: Callable[[nn.Module], float] | None
+    progress: bool
+    repeat: int
+
+
+def _prepare(model: nn.Module, calib: Any, opts: QuantOptions, evaluate: Callable[[nn.Module], float] | None,
+             progress: bool, repeat: int) -> _Job:
+    """Check the calibration inputs and make the fp32 copies every mode starts from."""
     example = first_input(calib) if calib is not None else None
     if example is not None:
         check_finite(example, "calibration inputs")
-    reference = working_copy(model).eval()
-    folded = eval_folded(working_copy(model))
-    if mode == "simulate":
-        return _simulate(reference, folded, calib, example, opts, evaluate, progress, repeat)
-    return _real(reference, folded, calib, example, opts, mode, backend, evaluate, progress, repeat)
+    return _Job(reference=working_copy(model).eval(), folded=eval_folded(working_copy(model)), calib=calib,
+                example=example, opts=opts, evaluate=evaluate, progress=progress, repeat=repeat)
 
 
 def _check_mode(mode: str, opts: QuantOptions, calib: Any) -> None:
+    """Reject settings a mode cannot run, saying which mode or argument would."""
     if mode in ("int8", "dynamic") and (opts.weight_bits != 8 or opts.layer_bits):
         raise NboptError(f"mode={mode!r} runs 8-bit kernels; for weight_bits={opts.weight_bits} or layer_bits "
                          "use mode='simulate' (accuracy study; not faster).")
@@ -68,53 +106,74 @@ def _check_mode(mode: str, opts: QuantOptions, calib: Any) -> None:
                          "calib=..., or act_bits=None to quantize weights only.")
 
 
-def _simulate(reference, folded, calib, example, opts, evaluate, progress, repeat) -> QuantResult:
-    sim = working_copy(folded)
-    qparams = attach(sim, opts)
-    if calib is not None:
-        calibrate(sim, calib, progress=progress)
-    bits = {n: opts.bits_for(n) for n in qparams}
-    sizes = {"fp32": fp32_sizes(reference),
-             "quantized": {"dense": size_bytes(sim), "disk": disk_bytes(sim),
-                           "deployable": deployable_bytes(folded, bits, symmetric=opts.symmetric,
-                                                          per_channel=opts.granularity == "per_channel")}}
-    result = _finish(reference, sim, calib, example, evaluate, progress, repeat,
-                     report=layer_report(folded, sim, qparams, opts, example), mode="simulate",
-                     backend="simulate", real=False, sizes=sizes, opts=opts)
-    result.notes.append(
-        f"Simulated quantization: float32 compute on rounded values. It predicts accuracy but is not faster "
-        f"(measured {result.speedup:.2f}x) nor smaller in memory; 'deployable' is the size a runtime with "
-        f"{sorted(set(bits.values()))}-bit weights would need. Use mode='int8' for a real, faster model.")
+def _simulated(job: _Job) -> tuple[nn.Module, dict]:
+    """A fake-quantized copy of ``job.folded`` (activation ranges calibrated) and its weight qparams."""
+    sim = working_copy(job.folded)
+    qparams = attach(sim, job.opts)
+    if job.calib is not None:
+        calibrate(sim, job.calib, progress=job.progress)
+    return sim, qparams
+
+
+def _simulated_sizes(job: _Job, sim: nn.Module, bits: dict[str, int]) -> dict[str, dict[str, int]]:
+    """fp32 sizes vs the simulated model's (dense, disk) and what a ``bits``-bit runtime would deploy."""
+    opts = job.opts
+    return {"fp32": fp32_sizes(job.reference),
+            "quantized": {"dense": size_bytes(sim), "disk": disk_bytes(sim),
+                          "deployable": deployable_bytes(job.folded, bits, symmetric=opts.symmetric,
+                                                         per_channel=opts.granularity == "per_channel")}}
+
+
+def _simulated_note(speedup: float, bits: dict[str, int]) -> str:
+    """The caveat every simulated result carries: float compute, so only ``deployable`` is smaller."""
+    return (f"Simulated quantization: float32 compute on rounded values. It predicts accuracy but is not faster "
+            f"(measured {speedup:.2f}x) nor smaller in memory; 'deployable' is the size a runtime with "
+            f"{sorted(set(bits.values()))}-bit weights would need. Use mode='int8' for a real, faster model.")
+
+
+def _simulate(job: _Job) -> QuantResult:
+    sim, qparams = _simulated(job)
+    bits = {n: job.opts.bits_for(n) for n in qparams}
+    result = _finish(job, sim, report=layer_report(job.folded, sim, qparams, job.opts, job.example),
+                     mode="simulate", backend="simulate", real=False, sizes=_simulated_sizes(job, sim, bits))
+    result.notes.append(_simulated_note(result.speedup, bits))
     return result
 
 
-def _real(reference, folded, calib, example, opts, mode, backend, evaluate, progress, repeat) -> QuantResult:
-    dynamic = mode == "dynamic"
+def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
+    program, reason = _build(job, dynamic=dynamic, backend=backend)
+    w8 = job.opts.with_(weight_bits=8, granularity="per_channel", symmetric=True, observer="minmax", layer_bits={})
+    qparams = {n: weight_qparams(m.weight, 8, w8) for n, m in weighted_layers(job.folded).items()}
+    sizes = {"fp32": fp32_sizes(job.reference),
+             "quantized": {"dense": program.dense_bytes, "disk": program.disk_bytes,
+                           "deployable": deployable_bytes(job.folded, {n: 8 for n in qparams})}}
+    report = layer_report(job.folded, None, qparams, w8.with_(act_bits=None if dynamic else 8), None, real=True)
+    result = _finish(job, program.model, report=report, mode="dynamic" if dynamic else "int8",
+                     backend=program.backend, real=True, sizes=sizes)
+    result.backend_reason = reason
+    result.cpu = program.cpu_note
+    result.notes.append(f"Real int8 ({program.backend}): {reason}. Per-layer output SQNR is not observable "
+                        "inside the compiled program; see the end-to-end fidelity.")
+    if program.cpu_note:
+        result.notes.append(program.cpu_note)
+    return result
+
+
+def _build(job: _Job, *, dynamic: bool, backend: str) -> tuple[Int8Program, str]:
+    """The int8 program of ``backend`` (with "auto": every one that builds, then the faster) and why."""
     names = list(BUILDERS) if backend == "auto" else [backend]
     programs, errors = {}, {}
     for name in names:
         try:
-            programs[name] = BUILDERS[name](reference, calib, example, dynamic=dynamic, progress=progress)
+            programs[name] = BUILDERS[name](job.reference, job.calib, job.example, dynamic=dynamic,
+                                            progress=job.progress)
         except NboptError as exc:
             if backend != "auto":
                 raise
             errors[name] = str(exc)
     if not programs:
         raise NboptError(" | ".join(f"{k}: {v}" for k, v in errors.items()))
-    program, reason = _pick(programs, errors, example, repeat)
-    w8 = opts.with_(weight_bits=8, granularity="per_channel", symmetric=True, observer="minmax", layer_bits={})
-    qparams = {n: weight_qparams(m.weight, 8, w8) for n, m in weighted_layers(folded).items()}
-    sizes = {"fp32": fp32_sizes(reference),
-             "quantized": {"dense": program.dense_bytes, "disk": program.disk_bytes,
-                           "deployable": deployable_bytes(folded, {n: 8 for n in qparams})}}
-    result = _finish(reference, program.model, calib, example, evaluate, progress, repeat,
-                     report=layer_report(folded, None, qparams, w8.with_(act_bits=None if dynamic else 8), None,
-                                         real=True),
-                     mode=mode, backend=program.backend, real=True, sizes=sizes, opts=opts)
-    result.backend_reason = reason
-    result.notes.append(f"Real int8 ({program.backend}): {reason}. Per-layer output SQNR is not observable "
-                        "inside the compiled program; see the end-to-end fidelity.")
-    return result
+    return _pick(programs, errors, job.example, job.repeat)
 
 
 def _pick(programs: dict[str, Int8Program], errors: dict[str, str], example: Any,
@@ -136,16 +195,19 @@ def _steady(repeat: int) -> dict[str, int]:
     return {"repeat": max(1, repeat // 3), "block": 3, "settle_ms": 100} if repeat >= 3 else {"repeat": repeat}
 
 
-def _finish(reference, qmodel, calib, example, evaluate, progress, repeat, *, report, mode, backend, real,
-            sizes, opts) -> QuantResult:
+def _finish(job: _Job, qmodel: nn.Module, *, report: pd.DataFrame, mode: str, backend: str, real: bool,
+            sizes: dict[str, dict[str, int]]) -> QuantResult:
+    """Measure ``qmodel`` against ``job.reference`` (fidelity and interleaved latency on ``calib``, accuracy)."""
     fid, latency = {}, {}
-    if calib is not None:
-        ref_out = run_batches(reference, calib, progress=progress, desc="fp32 outputs")
-        q_out = run_batches(qmodel, calib, progress=progress, desc="quantized outputs")
+    if job.calib is not None:
+        ref_out = run_batches(job.reference, job.calib, progress=job.progress, desc="fp32 outputs")
+        q_out = run_batches(qmodel, job.calib, progress=job.progress, desc="quantized outputs")
         fid = fidelity(ref_out, q_out)
-        t = compare({"fp32": lambda: call(reference, example), "quantized": lambda: call(qmodel, example)},
-                    warmup=3, **_steady(repeat))
+        t = compare({"fp32": lambda: call(job.reference, job.example),
+                     "quantized": lambda: call(qmodel, job.example)}, warmup=3, **_steady(job.repeat))
         latency = {k: v.median_ms for k, v in t.items()}
-    acc = {"fp32": float(evaluate(reference)), "quantized": float(evaluate(qmodel))} if evaluate else None
+    acc = None
+    if job.evaluate is not None:
+        acc = {"fp32": float(job.evaluate(job.reference)), "quantized": float(job.evaluate(qmodel))}
     return QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,
-                       latency_ms=latency, fidelity=fid, accuracy=acc, options=opts.__dict__.copy())
+                       latency_ms=latency, fidelity=fid, accuracy=acc, options=asdict(job.opts))

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cpu import Int8Settings, int8_settings
 from ..errors import NboptError, require
-from ..inputs import as_args, tensors_in
+from ..inputs import tensors_in
 from .calibration import calibration_inputs, run_batches
-from .capture import capture_error
+from .. import graph
 
 
 @dataclass
@@ -28,44 +29,32 @@ class Int8Program:
     model: nn.Module
     dense_bytes: int
     disk_bytes: int
+    cpu: str = ""  # the CPU it was quantized for, e.g. "AVX2, no VNNI" (nbopt.cpu.CpuInfo.label)
+    settings: str = ""  # the quantizer choice made for that CPU (nbopt.cpu.Int8Settings.label)
+
+    @property
+    def cpu_note(self) -> str:
+        """One sentence for the result's notes: the CPU and the int8 choice made for it."""
+        return f"CPU {self.cpu}: int8 with {self.settings}." if self.cpu else ""
+
+
+def _for_cpu(program: Int8Program, settings: Int8Settings) -> Int8Program:
+    program.cpu, program.settings = settings.cpu.label, settings.label
+    return program
 
 
 def _need(module: str) -> None:
     require(module, extra="int8", purpose="the int8 path")
 
 
-def _export_example(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Example args with batch >= 2 so export keeps the batch dimension symbolic."""
-    args, kwargs = as_args(example)
-    grow = lambda t: t.repeat(2, *[1] * (t.dim() - 1)) if isinstance(t, torch.Tensor) and t.shape[0] == 1 else t  # noqa: E731
-    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+def capture_for_pt2e(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any = None) -> nn.Module:
+    """The graph PT2E quantizes: torch.export with a dynamic batch, then ``prepare`` on it (identity if None).
 
-
-def _dynamic_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    spec = lambda t: {0: batch} if isinstance(t, torch.Tensor) and t.dim() > 0 else None  # noqa: E731
-    return tuple(spec(a) for a in args) + tuple(spec(v) for v in kwargs.values()) if kwargs else \
-        tuple(spec(a) for a in args)
-
-
-def export(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any = None) -> nn.Module:
-    """torch.export with a dynamic batch, then ``prepare`` on the graph (identity if None).
-
-    Non-strict first, then strict: non-strict graphs of reused modules (torchvision's ResNet reuses one
-    ReLU) break the X86 quantizer's fusion patterns, strict ones do not.
+    Non-strict first, then strict (:func:`nbopt.graph.capture_dynamic_batch`): non-strict graphs of reused
+    modules (torchvision's ResNet reuses one ReLU) break the X86 quantizer's fusion patterns, strict ones
+    do not. A model neither captures raises an ``UnsupportedModelError`` naming the module.
     """
-    args, kwargs = _export_example(example)
-    shapes = _dynamic_shapes(args, kwargs)
-    first_error = None
-    for strict in (False, True):
-        try:
-            graph = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes, strict=strict).module()
-            return prepare(graph) if prepare is not None else graph
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported with the module that failed
-            first_error = first_error or exc
-    raise capture_error(first_error, model, backend)
+    return graph.capture_dynamic_batch(model, example, backend=backend, then=prepare)
 
 
 STATIC_BATCH_SIZES = 4  # batch sizes that get their own static program before a dynamic one takes over
@@ -180,21 +169,27 @@ def _tensor_bytes(tensors: Any) -> int:
 
 
 def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
-               progress: bool = True) -> Int8Program:
-    """torchao PT2E with the X86 inductor quantizer (static or dynamic), then torch.compile."""
+               progress: bool = True, settings: Int8Settings | None = None) -> Int8Program:
+    """torchao PT2E with the X86 inductor quantizer (static or dynamic), then torch.compile.
+
+    ``settings`` (default: :func:`nbopt.cpu.int8_settings` for this CPU): ``reduce_range`` (7-bit
+    activations) on x86 CPUs without VNNI, where oneDNN's u8 x s8 kernels saturate in 16 bits.
+    """
+    settings = settings or int8_settings()
     _need("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
-    prepared = export(model, example, prepare=lambda g: prepare_pt2e(g, quantizer))
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(
+        is_dynamic=dynamic, reduce_range=settings.reduce_range))
+    prepared = capture_for_pt2e(model, example, prepare=lambda g: prepare_pt2e(g, quantizer))
     run_batches(prepared, calib if calib is not None else example, progress=progress, desc="calibrating (pt2e)")
     converted = convert_pt2e(prepared)
     buf = io.BytesIO()
     torch.save(converted.state_dict(), buf)
     dense = _tensor_bytes(converted.state_dict().values())
-    return Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes)
+    return _for_cpu(Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes), settings)
 
 
 class OrtModule(nn.Module):
@@ -208,13 +203,8 @@ class OrtModule(nn.Module):
     @property
     def session(self) -> Any:
         if self._session is None:
-            import onnxruntime as ort
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
-            # no busy-waiting between calls: on 2 shared cores spinning measured slower (25 vs 18 ms, resnet18
-            # int8 batch 1, under load) and slowed torch code running right after a call (585 vs 403 ms)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+            self._session = graph.ort_session(self.onnx_bytes, threads=self.threads, extra="int8",
+                                              purpose="the int8 path")
         return self._session
 
     def __getstate__(self) -> dict[str, Any]:
@@ -229,15 +219,13 @@ class OrtModule(nn.Module):
 
 
 def export_onnx(model: nn.Module, example: Any, path: str) -> None:
-    """ONNX via the dynamo exporter, batch dimension dynamic."""
-    args, kwargs = _export_example(example)
+    """ONNX via the dynamo exporter (:func:`nbopt.graph.export_onnx`), batch dimension dynamic, one file."""
     try:
-        torch.onnx.export(model, args, path, kwargs=kwargs or None, dynamo=True,
-                          dynamic_shapes=_dynamic_shapes(args, kwargs), optimize=True, verbose=False)
+        graph.export_onnx(model, example, path, dynamic_batch=True)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise capture_error(exc, model, "onnxruntime") from None
+        raise graph.capture_error(exc, model, "onnxruntime") from None
     import onnx
     onnx.save(onnx.load(path), path, save_as_external_data=False)  # one self-contained file (no .data)
 
@@ -259,8 +247,13 @@ class _Reader:
 
 
 def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
-               progress: bool = True) -> Int8Program:
-    """ONNX export + onnxruntime quantization: static QDQ per-channel, or dynamic."""
+               progress: bool = True, settings: Int8Settings | None = None) -> Int8Program:
+    """ONNX export + onnxruntime quantization: static QDQ per-channel, or dynamic.
+
+    ``settings`` (default: :func:`nbopt.cpu.int8_settings` for this CPU): ``reduce_range`` (7-bit
+    weights) on x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernels saturate in 16 bits.
+    """
+    settings = settings or int8_settings()
     for mod in ("onnx", "onnxruntime", "onnxscript"):
         _need(mod)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -270,13 +263,16 @@ def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         export_onnx(model, example, fp32)
         if dynamic:
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=settings.reduce_range)
         else:
             names = [i.name for i in ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()]
             quantize_static(fp32, int8, _Reader(names, calib, progress), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=settings.reduce_range)
         data = open(int8, "rb").read()
-    return Int8Program("onnxruntime", OrtModule(data), _onnx_initializer_bytes(data), len(data))
+    return _for_cpu(Int8Program("onnxruntime", OrtModule(data), _onnx_initializer_bytes(data), len(data)),
+                    settings)
 
 
 def _onnx_initializer_bytes(data: bytes) -> int:

@@ -23,6 +23,11 @@ def mixed_precision(sensitivity: pd.DataFrame, *, budget_bytes: float | None = N
     Greedy: start every layer at the widest measured width and repeatedly lower the layer whose next
     step loses the least per byte saved, until the weights fit ``budget_bytes`` (or ``avg_bits`` per
     weight on average).
+
+    Args:
+        sensitivity: the DataFrame of :func:`nbopt.sensitivity` (its widths are the choices).
+        budget_bytes: the most bytes all quantized weights may take (packed, scales not counted).
+        avg_bits: or the average bits per weight (budget = weights x avg_bits / 8); give exactly one.
     """
     if (budget_bytes is None) == (avg_bits is None):
         raise NboptError("give exactly one of budget_bytes=... or avg_bits=... (e.g. avg_bits=6).")

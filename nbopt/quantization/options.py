@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from ..errors import NboptError
@@ -28,13 +27,18 @@ def check_bits(bits: int | None, what: str = "weight_bits", allow_none: bool = F
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    """``value`` must be one of ``choices``; the error lists them."""
     if value not in choices:
         raise NboptError(f"{what}={value!r} is not one of {', '.join(map(repr, choices))}; pick one of those.")
 
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """How to quantize: bit widths, granularity, symmetry, observer, per-layer overrides."""
+    """How to quantize: bit widths, granularity, symmetry, observer, per-layer overrides.
+
+    Checked on construction, so ``QuantOptions(...)`` and :meth:`with_` only ever hold valid settings;
+    ``layer_bits`` is kept as a plain dict (``None`` means no overrides).
+    """
 
     weight_bits: int = 8
     act_bits: int | None = 8
@@ -44,21 +48,23 @@ class QuantOptions:
     layer_bits: Mapping[str, int] = field(default_factory=dict)
     percentile: float = 99.99
 
-    def validate(self) -> "QuantOptions":
+    def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
         check_bits(self.act_bits, "act_bits", allow_none=True)
         check_choice(self.granularity, GRANULARITIES, "granularity")
         check_choice(self.observer, OBSERVERS, "observer")
         if not 50.0 < self.percentile <= 100.0:
             raise NboptError(f"percentile={self.percentile} must be in (50, 100], e.g. 99.99.")
-        for name, bits in (self.layer_bits or {}).items():
+        object.__setattr__(self, "layer_bits", dict(self.layer_bits or {}))
+        for name, bits in self.layer_bits.items():
             check_bits(bits, f"layer_bits[{name!r}]")
-        return self
 
-    def with_(self, **changes) -> "QuantOptions":
+    def with_(self, **changes: Any) -> "QuantOptions":
+        """A copy with ``changes`` applied (checked like a new one)."""
         return replace(self, **changes)
 
     def bits_for(self, name: str) -> int:
+        """Weight bits of layer ``name``: its ``layer_bits`` override, else ``weight_bits``."""
         return int(self.layer_bits.get(name, self.weight_bits)) if self.layer_bits else self.weight_bits
 
 

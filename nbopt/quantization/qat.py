@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from typing import Any, Callable
 
 import torch
@@ -10,11 +11,16 @@ from tqdm.auto import tqdm
 
 from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import check_module
-from ..layers import eval_folded, weighted_layers
+from ..layers import weighted_layers
 from ..model_state import working_copy
-from .api import quantize
+from .api import _finish, _Job, _prepare, _simulated, _simulated_note, _simulated_sizes
 from .options import QuantOptions, check_finite_weights, check_layer_names
-from .simulate import act_quantizers, attach, bake, calibrate
+from .report import layer_report
+from .result import QuantResult
+from .simulate import attach, bake, calibrate, weight_qparams
+
+OPTION_NAMES = frozenset(f.name for f in fields(QuantOptions))
+REPEAT = 3  # timed calls per model for the latency comparison (QAT results are about accuracy)
 
 
 def _labelled(train_data: Any):
@@ -26,12 +32,24 @@ def _labelled(train_data: Any):
 
 def qat(model: nn.Module, train_data: Any, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
         epochs: int = 2, lr: float = 1e-3, calib: Any = None, progress: bool = True,
-        on_interrupt: str = "return", **quantize_options: Any) -> Any:
-    """Fine-tune a BN-folded copy with fake quantization, then return ``quantize(...)``'s QuantResult.
+        on_interrupt: str = "return", **quantize_options: Any) -> QuantResult:
+    """Fine-tune a BN-folded copy with fake quantization and return its :class:`QuantResult` (``mode="qat"``).
 
-    ``quantize_options``: weight_bits, act_bits, granularity, symmetric, observer, layer_bits, evaluate.
-    Activation ranges are calibrated on ``calib`` (default: the training inputs) before and after.
-    The user's model is never modified, even if training is interrupted.
+    Args:
+        model: the float model; never modified, even if training is interrupted.
+        train_data: iterable of ``(inputs, targets)`` batches (e.g. a DataLoader), iterated once per epoch.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` to minimize.
+        epochs: passes over ``train_data`` (Adam optimizer).
+        lr: Adam learning rate.
+        calib: calibration data for activation ranges (before and after training) and for the measured
+            fidelity and latency; default: the inputs of ``train_data``.
+        progress: show progress bars.
+        on_interrupt: "return" (a partial result, see below) or "raise".
+        quantize_options: :func:`nbopt.quantize`'s weight_bits, act_bits, granularity, symmetric, observer,
+            layer_bits, percentile, and ``evaluate(model) -> accuracy``.
+
+    The result's sizes, latency (vs fp32), fidelity, report and ``accuracy["quantized"]`` are those of the
+    QAT model; with ``evaluate``, ``accuracy["post_training_quantized"]`` is the same settings without QAT.
 
     Interrupting training (Ctrl-C, the notebook's stop button) with ``on_interrupt="return"`` (default),
     once at least one optimizer step has finished, converts the weights reached so far and returns a
@@ -41,22 +59,21 @@ def qat(model: nn.Module, train_data: Any, loss_fn: Callable[[torch.Tensor, torc
     """
     check_module(model)
     evaluate = quantize_options.pop("evaluate", None)
-    keys = {"weight_bits", "act_bits", "granularity", "symmetric", "observer", "layer_bits", "percentile"}
-    unknown = set(quantize_options) - keys
+    unknown = set(quantize_options) - OPTION_NAMES
     if unknown:
-        raise NboptError(f"unknown option(s) {sorted(unknown)} for qat; allowed: {sorted(keys)} and evaluate.")
-    opts = QuantOptions(**{**quantize_options, "layer_bits": dict(quantize_options.get("layer_bits") or {})}).validate()
+        raise NboptError(f"unknown option(s) {sorted(unknown)} for qat; allowed: {sorted(OPTION_NAMES)} and "
+                         "evaluate.")
+    opts = QuantOptions(**quantize_options)
     if epochs < 1 or lr <= 0:
         raise NboptError(f"epochs={epochs} and lr={lr} must be positive (e.g. epochs=3, lr=1e-3).")
     check_on_interrupt(on_interrupt)
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
     calib = calib if calib is not None else [x for x, _ in _labelled(train_data)]
-    trained, stopped = _train(eval_folded(working_copy(model)), train_data, loss_fn, opts, epochs, lr, calib,
+    job = _prepare(model, calib, opts, evaluate, progress, REPEAT)
+    trained, stopped = _train(working_copy(job.folded), train_data, loss_fn, opts, epochs, lr, calib,
                               progress, on_interrupt)
-    result = quantize(model, calib, **{k: getattr(opts, k) for k in keys - {"layer_bits"}},
-                      layer_bits=opts.layer_bits or None, evaluate=evaluate, progress=progress, repeat=3)
-    result = _replace_model(result, trained, model, calib, opts, evaluate, progress)
+    result = _result(job, trained)
     if stopped is not None:
         result.partial = True
         result.notes.append(f"PARTIAL: QAT was interrupted; the model has the weights after {stopped[0]} of "
@@ -97,23 +114,18 @@ def _epoch(model: nn.Module, train_data, loss_fn, optimizer, progress: bool, don
         done[1] += 1
 
 
-def _replace_model(result, trained: nn.Module, model: nn.Module, calib, opts: QuantOptions, evaluate, progress):
-    """Swap the post-training quantized model of ``result`` for the QAT one and re-measure."""
-    from .calibration import run_batches
-    from .metrics import fidelity
-    from .report import layer_report
-    from .simulate import weight_qparams
-
-    reference = working_copy(model).eval()
-    result.model = trained
-    result.fidelity = fidelity(run_batches(reference, calib, progress=progress, desc="fp32 outputs"),
-                               run_batches(trained, calib, progress=progress, desc="QAT outputs"))
-    if evaluate is not None:
-        result.accuracy["post_training_quantized"] = result.accuracy["quantized"]
-        result.accuracy["quantized"] = float(evaluate(trained))
-    qparams = {n: weight_qparams(m.weight, opts.bits_for(n), opts) for n, m in weighted_layers(trained).items()}
-    result.report = layer_report(trained, None, qparams, opts, None)
-    result.notes.append("QAT: weights fine-tuned with fake quantization (straight-through gradients); "
-                        "'post_training_quantized' accuracy is the same settings without QAT.")
-    result.mode = "qat"
+def _result(job: _Job, trained: nn.Module) -> QuantResult:
+    """The QAT model measured like :func:`nbopt.quantize` measures a simulated one; with ``evaluate``, also
+    the accuracy of post-training quantization with the same settings."""
+    opts = job.opts
+    layers = weighted_layers(trained)
+    bits = {n: opts.bits_for(n) for n in layers}
+    qparams = {n: weight_qparams(m.weight, bits[n], opts) for n, m in layers.items()}
+    result = _finish(job, trained, report=layer_report(trained, None, qparams, opts, None), mode="qat",
+                     backend="simulate", real=False, sizes=_simulated_sizes(job, trained, bits))
+    if job.evaluate is not None:
+        result.accuracy["post_training_quantized"] = float(job.evaluate(_simulated(job)[0]))
+    result.notes += [_simulated_note(result.speedup, bits),
+                     "QAT: weights fine-tuned with fake quantization (straight-through gradients); "
+                     "'post_training_quantized' accuracy is the same settings without QAT."]
     return result

@@ -11,11 +11,13 @@ from torch import nn
 
 @dataclass
 class QuantResult:
-    """What :func:`nbopt.quantize` returns.
+    """What :func:`nbopt.quantize` and :func:`nbopt.qat` return.
 
-    ``real`` is True only when ``model`` runs int8 kernels; a simulated model computes in float32 and
-    is neither faster nor smaller in memory than fp32 (its ``deployable`` size is what a runtime with
-    that bit width would need).
+    ``real`` is True only when ``model`` runs int8 kernels; a simulated (or QAT) model computes in float32
+    and is neither faster nor smaller in memory than fp32 (its ``deployable`` size is what a runtime with
+    that bit width would need). ``size_bytes`` (and, when measured, ``latency_ms`` and ``accuracy``) have an
+    ``"fp32"`` and a ``"quantized"`` entry; ``fidelity`` compares quantized with fp32 outputs on ``calib``
+    (latency and fidelity are empty without calibration data; ``accuracy`` is None without ``evaluate``).
     """
 
     model: nn.Module
@@ -28,6 +30,7 @@ class QuantResult:
     fidelity: dict[str, float]
     accuracy: dict[str, float] | None = None
     backend_reason: str = ""
+    cpu: str = ""  # real int8: the CPU's int8 instruction set and the settings chosen for it (nbopt.cpu)
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     partial: bool = False  # True when an interrupted run (e.g. QAT) returned what it had finished
@@ -40,18 +43,17 @@ class QuantResult:
 
     @property
     def label(self) -> str:
+        """How the model computes: real int8 (and on which backend) or simulated."""
         return f"real int8 ({self.backend})" if self.real else "simulated (fake quantization, float32 compute)"
 
     def summary(self) -> pd.DataFrame:
-        """Before/after table: sizes three ways, latency, accuracy or fidelity."""
+        """Before/after table with a fp32/quantized ratio: sizes three ways (MB), latency, accuracy (when
+        measured) and each fidelity metric (fp32's own value: 1 for cosine and top-1 agreement, else NaN)."""
         s = self.size_bytes
-        rows = {
-            "size dense in memory (MB)": (s["fp32"]["dense"], s["quantized"]["dense"]),
-            "size on disk (MB)": (s["fp32"]["disk"], s["quantized"]["disk"]),
-            "size deployable (MB)": (s["fp32"]["deployable"], s["quantized"]["deployable"]),
-        }
-        out = {k: (a / 1e6, b / 1e6) for k, b_a in rows.items() for a, b in [b_a]}
-        out["latency (ms, median)"] = (self.latency_ms.get("fp32", math.nan), self.latency_ms.get("quantized", math.nan))
+        out = {f"size {what} (MB)": (s["fp32"][key] / 1e6, s["quantized"][key] / 1e6)
+               for what, key in (("dense in memory", "dense"), ("on disk", "disk"), ("deployable", "deployable"))}
+        out["latency (ms, median)"] = (self.latency_ms.get("fp32", math.nan),
+                                       self.latency_ms.get("quantized", math.nan))
         if self.accuracy:
             out["accuracy"] = (self.accuracy["fp32"], self.accuracy["quantized"])
         for k, v in self.fidelity.items():

@@ -50,7 +50,19 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
     drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib`` (1 - cosine for
     non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32. Plot it with
-    ``nbopt.display.figures.plot_sensitivity(df)``.
+    ``nbopt.display.figures.plot_sensitivity(df)``; feed it to :func:`nbopt.mixed_precision`.
+
+    Args:
+        model: the float model (BatchNorm is folded into a copy first).
+        calib: the batches the trials run on (tensor, DataLoader or iterable of batches).
+        evaluate: ``evaluate(model) -> accuracy``; makes the drop an accuracy drop (no caching then).
+        bits: the weight bit widths to try (each 2-16).
+        granularity: "per_channel" or "per_tensor" weight scales, as in :func:`nbopt.quantize`.
+        symmetric: symmetric weight grid (zero point 0).
+        observer: "minmax", "percentile" or "mse" weight ranges.
+        method: "cached" (re-run only what depends on the layer) or "naive" (whole model per trial).
+        progress: show a progress bar.
+        on_interrupt: "return" (the finished layers, see below) or "raise".
 
     Interrupting the sweep (Ctrl-C, the notebook's stop button) with ``on_interrupt="return"`` (default),
     once at least one layer is done, returns the finished layers with ``df.attrs["partial"] = True`` and a
@@ -62,7 +74,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     if method not in ("cached", "naive"):
         raise NboptError(f"method={method!r} must be 'cached' or 'naive'.")
     check_on_interrupt(on_interrupt)
-    opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None).validate()
+    opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None)
     check_finite_weights(model)
     inputs = list(calibration_inputs(calib))
     if not inputs:
@@ -73,7 +85,8 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise")
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
     df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else "1 - top-1 agreement with fp32",
-                    method=used, batched=batched, layout=layout, options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
+                    method=used, batched=batched, layout=layout,
+                    options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
                     partial=len(rows) < len(layers), layers_total=len(layers))
     return df
 

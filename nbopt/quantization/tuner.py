@@ -60,7 +60,7 @@ class QuantTuner:
         if calib is None:
             raise NboptError("QuantTuner needs calibration data (a tensor, DataLoader or list of batches) to fix "
                              "activation ranges, e.g. nbopt.demo.calibration_data()")
-        self.base = QuantOptions(observer=observer, percentile=percentile).validate()
+        self.base = QuantOptions(observer=observer, percentile=percentile)
         self.calib, self.evaluate, self.progress = calib, evaluate, progress
         self.example = first_input(calib)
         check_finite(self.example, "calibration inputs")
@@ -84,7 +84,7 @@ class QuantTuner:
             symmetric: bool = True, layer_bits: Mapping[str, int] | None = None) -> TuneResult:
         """Re-quantize the tuner's model for these options (``nbopt.quantize``'s meanings) and measure it."""
         opts = self.base.with_(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity,
-                               symmetric=symmetric, layer_bits=dict(layer_bits or {})).validate()
+                               symmetric=symmetric, layer_bits=layer_bits)
         check_layer_names(self.reference, opts.layer_bits)
         qparams = self._quantize_weights(opts)
         self._quantize_activations(opts)

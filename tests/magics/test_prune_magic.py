@@ -5,7 +5,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from nbopt import demo
-from nbopt.model_state import same_state, state_fingerprint
+from tests.snapshot import same_state, state_fingerprint
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 
 import nbopt  # noqa: E402
 from nbopt import demo  # noqa: E402
-from nbopt.model_state import same_state, state_fingerprint  # noqa: E402
+from tests.snapshot import same_state, state_fingerprint  # noqa: E402
 from nbopt.panels.common import percent  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(nbopt, "Pruner"), reason="nbopt.Pruner (pruning issue) not available")

@@ -7,7 +7,7 @@ import torch
 
 import nbopt
 from nbopt import demo
-from nbopt.model_state import same_state, state_fingerprint
+from tests.snapshot import same_state, state_fingerprint
 
 pytestmark = pytest.mark.skipif(not hasattr(nbopt, "quantize"), reason="nbopt.quantize (quantization issue) missing")
 

@@ -95,7 +95,7 @@ import json, gc
 import torch, torch.nn.functional as F
 from torch.nn.modules import module as _m
 from torch.utils._python_dispatch import _get_current_dispatch_mode
-from nbopt.model_state import hook_counts, same_state
+from tests.snapshot import hook_counts, same_state
 print(json.dumps({
     "global_hooks": [len(_m._global_forward_hooks), len(_m._global_forward_pre_hooks),
                      len(_m._global_forward_hooks_always_called)],
@@ -121,7 +121,7 @@ def test_real_kernel_session_is_left_clean():
             "import torch, torch.nn.functional as F\n"
             "import torch._dynamo  # torch rebinds torch.manual_seed once on this import; not nbopt's doing\n"
             "from nbopt import demo\n"
-            "from nbopt.model_state import state_fingerprint\n"
+            "from tests.snapshot import state_fingerprint  # the kernel runs in the repository root\n"
             "model = demo.load_model(); x = demo.example_input()\n"
             "fp = state_fingerprint(model)\n"
             "F_before = dict(vars(F)); torch_before = {k: v for k, v in vars(torch).items() if not k.startswith('__')}"),

@@ -147,7 +147,7 @@ def test_pruner_interrupted_during_evaluation_keeps_its_setting():
     model.eval()
     snap = Snapshot.take(model)
     pruner = Pruner(model, xs[0], progress=False).set(0.5)
-    from nbopt.model_state import same_state, state_fingerprint
+    from tests.snapshot import same_state, state_fingerprint
     at_half = state_fingerprint(pruner.model)
     evaluate = stop_on_call(1, lambda m: m(xs[0]).sum())
     interrupted(evaluate, pruner.model)
@@ -160,7 +160,7 @@ def test_pruner_interrupted_during_evaluation_keeps_its_setting():
 def test_finetune_interrupted_returns_the_partial_copy_labelled_partial():
     """Stop pressed at the 4th loss call: steps 1-3 are kept, labelled partial, and equal a 3-batch run."""
     finetune = api("finetune")
-    from nbopt.model_state import same_state, state_fingerprint
+    from tests.snapshot import same_state, state_fingerprint
     from nbopt import PartialResultWarning
     model, xs, ys = model_and_data()
     snap, rng = Snapshot.take(model), torch.random.get_rng_state()

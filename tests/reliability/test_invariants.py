@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import nbopt
 from nbopt.errors import ForwardError
-from nbopt.model_state import unique_parameters
+from tests.snapshot import unique_parameters
 from nbopt.profiling import profile_code
 from kernel_state import Snapshot, clean_exception
 from strategies import RELIABLE, cases, with_bomb

@@ -85,6 +85,18 @@ def test_dynamic_int8_never_touches_the_model(case):
     untouched_and_close(nn.Sequential(case.model), case.inputs(batch=4), "dynamic")
 
 
+def test_dynamic_int8_linear_stack_tracks_fp32_on_any_cpu():
+    """A 2-layer Linear stack read cosine 0.75 with full-range u8 x s8 on an AVX2 CPU without VNNI (16-bit
+    saturation); the settings nbopt.cpu picks for the CPU (7-bit there, full range with VNNI) keep it."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
+    x = torch.randn(4, 2, 8) * 3
+    untouched_and_close(model, x, "dynamic")
+    result = nbopt.quantize(model, x, mode="dynamic", backend="onnxruntime", progress=False, repeat=1)
+    with torch.no_grad():
+        assert cosine(result.model(x), fp32(model, x)) > 0.99
+
+
 class DataDependent(nn.Module):
     """Python control flow on a tensor's value: no exporter can capture it as one graph."""
 

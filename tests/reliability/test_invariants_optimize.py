@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbopt
-from nbopt.model_state import preserved, same_state, state_fingerprint
+from nbopt.model_state import preserved
+from tests.snapshot import same_state, state_fingerprint
 from kernel_state import Snapshot
 from strategies import RELIABLE, cases
 

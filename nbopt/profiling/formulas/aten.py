@@ -1,4 +1,4 @@
-"""How much work an ATen op does: a registry ``op -> formula`` returning (MACs, FLOPs).
+"""The built-in formulas: how much work each ATen op does, read from its arguments by schema name.
 
 Conventions (defined once, used everywhere):
 
@@ -8,67 +8,29 @@ Conventions (defined once, used everywhere):
 * **FLOPs** — every floating-point operation: ``2 * MACs`` for the GEMM-like ops plus the elementwise,
   normalization, pooling, softmax, reduction and interpolation work (formulas below).
 
-Matrix-multiply and convolution counts come from PyTorch's own ``torch.utils.flop_counter`` formulas.
+Every formula is ``fn(*, out, **arguments) -> Cost`` (``self`` arrives as ``input``; see
+:mod:`.registry`). Matrix-multiply and convolution counts follow ``torch.utils.flop_counter``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch.utils import flop_counter as _fc
 
+from .registry import Cost
+
 aten = torch.ops.aten
+NamedFormula = Callable[..., Cost]
+
+BUILTIN: dict[Any, NamedFormula] = {}      # OpOverloadPacket -> fn(*, out, **arguments) -> Cost
 
 
-@dataclass(frozen=True)
-class Cost:
-    """Work done by one op call."""
-
-    macs: int = 0
-    flops: int = 0
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.macs + other.macs, self.flops + other.flops)
-
-
-Formula = Callable[..., Cost]
-FORMULAS: dict[Any, Formula] = {}          # OpOverloadPacket -> formula(args, kwargs, out) -> Cost
-ZERO_COST: set[Any] = set()                # data movement / allocation: known to do no arithmetic
-
-
-def register_formula(op: Any, fn: Callable[..., Any] | None = None):
-    """Register how to count ``op`` (an ``torch.ops.aten.*`` op, overload or its name).
-
-    ``fn(*args, out=<output>, **kwargs)`` receives the op's real arguments (tensors have shapes) and
-    returns FLOPs as an int, or ``(macs, flops)``. Usable as a decorator.
-    """
-    packet = _packet(op)
-
-    def wrap(user_fn: Callable[..., Any]) -> Callable[..., Any]:
-        def formula(args: tuple, kwargs: dict, out: Any) -> Cost:
-            value = user_fn(*args, out=out, **kwargs)
-            if isinstance(value, tuple):
-                return Cost(int(value[0]), int(value[1]))
-            return Cost(0, int(value))
-        FORMULAS[packet] = formula
-        return user_fn
-
-    return wrap(fn) if fn is not None else wrap
-
-
-def _packet(op: Any) -> Any:
-    if isinstance(op, str):
-        name = op.split("::")[-1].split(".")[0]
-        return getattr(aten, name)
-    return getattr(op, "overloadpacket", op)
-
-
-def _formula(*ops: Any):
-    def deco(fn: Formula) -> Formula:
+def _formula(*ops: Any) -> Callable[[NamedFormula], NamedFormula]:
+    def deco(fn: NamedFormula) -> NamedFormula:
         for op in ops:
-            FORMULAS[op] = fn
+            BUILTIN[op] = fn
         return fn
     return deco
 
@@ -87,34 +49,33 @@ def _gemm(macs: int) -> Cost:
 
 
 @_formula(aten.mm)
-def _mm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    (m, k), n = args[0].shape, args[1].shape[1]
+def _mm(*, input: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
+    (m, k), n = input.shape, mat2.shape[1]
     return _gemm(m * k * n)
 
 
 @_formula(aten.addmm)
-def _addmm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    (m, k), n = args[1].shape, args[2].shape[1]
+def _addmm(*, mat1: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
+    (m, k), n = mat1.shape, mat2.shape[1]
     return _gemm(m * k * n)
 
 
 @_formula(aten.bmm)
-def _bmm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    (b, m, k), n = args[0].shape, args[1].shape[2]
+def _bmm(*, input: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
+    (b, m, k), n = input.shape, mat2.shape[2]
     return _gemm(b * m * k * n)
 
 
 @_formula(aten.baddbmm)
-def _baddbmm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    (b, m, k), n = args[1].shape, args[2].shape[2]
+def _baddbmm(*, batch1: torch.Tensor, batch2: torch.Tensor, **_: Any) -> Cost:
+    (b, m, k), n = batch1.shape, batch2.shape[2]
     return _gemm(b * m * k * n)
 
 
 @_formula(aten.convolution, aten._convolution)
-def _conv(args: tuple, kwargs: dict, out: Any) -> Cost:
+def _conv(*, input: torch.Tensor, weight: torch.Tensor, transposed: bool, out: torch.Tensor, **_: Any) -> Cost:
     """Every kind (grouped, dilated, strided, transposed): torch.utils.flop_counter's own count."""
-    transposed = bool(args[6]) if len(args) > 6 else bool(kwargs.get("transposed", False))
-    return _gemm(_fc.conv_flop_count(args[0].shape, args[1].shape, out.shape, transposed=transposed) // 2)
+    return _gemm(_fc.conv_flop_count(input.shape, weight.shape, out.shape, transposed=bool(transposed)) // 2)
 
 
 def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
@@ -134,16 +95,16 @@ def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Cost:
 @_formula(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
           aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
           aten._flash_attention_forward, aten._efficient_attention_forward)
-def _sdpa(args: tuple, kwargs: dict, out: Any) -> Cost:
-    q, k, v = args[:3]
+def _sdpa(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **_: Any) -> Cost:
+    q, k, v = query, key, value
     if q.dim() == 4 and q.shape[1] != k.shape[1] and q.shape[2] == k.shape[2]:  # (B, L, H, E) layouts
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     return _attention_cost(q, k, v)
 
 
-def _projection(x_tokens: int, weight: torch.Tensor) -> Cost:
-    macs = x_tokens * weight.shape[0] * weight.shape[1]
-    return Cost(macs, 2 * macs + x_tokens * weight.shape[0])  # + bias add
+def _projection(tokens: int, out_features: int, in_features: int) -> Cost:
+    macs = tokens * out_features * in_features
+    return Cost(macs, 2 * macs + tokens * out_features)  # + bias add
 
 
 def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim: int) -> Cost:
@@ -151,35 +112,33 @@ def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim:
     b, lq = math.prod(query.shape[:-2]) or 1, query.shape[-2]
     lk = key.shape[-2]
     head = embed_dim // num_heads
-    w = torch.empty(embed_dim, embed_dim, device="meta")
-    proj = _projection(b * lq, w) + _projection(b * lk, w) + _projection(b * lk, w) + _projection(b * lq, w)
+    proj = (_projection(b * lq, embed_dim, embed_dim) + _projection(b * lk, embed_dim, embed_dim)
+            + _projection(b * lk, embed_dim, embed_dim) + _projection(b * lq, embed_dim, embed_dim))
     q = torch.empty(b, num_heads, lq, head, device="meta")
     kv = torch.empty(b, num_heads, lk, head, device="meta")
     return proj + _attention_cost(q, kv, kv)
 
 
 @_formula(aten._native_multi_head_attention)
-def _native_mha(args: tuple, kwargs: dict, out: Any) -> Cost:
-    query, key, _value, embed_dim, num_heads = args[:5]
-    return _mha_cost(query, key, int(num_heads), int(embed_dim))
+def _native_mha(*, query: torch.Tensor, key: torch.Tensor, embed_dim: int, num_head: int, **_: Any) -> Cost:
+    return _mha_cost(query, key, int(num_head), int(embed_dim))
 
 
 @_formula(aten._transformer_encoder_layer_fwd)
-def _encoder_layer(args: tuple, kwargs: dict, out: Any) -> Cost:
-    src, embed_dim, num_heads = args[:3]
-    ffn_w1, ffn_w2 = args[14], args[16]
+def _encoder_layer(*, src: torch.Tensor, embed_dim: int, num_heads: int, ffn_weight_1: torch.Tensor,
+                   ffn_weight_2: torch.Tensor, **_: Any) -> Cost:
     tokens = math.prod(src.shape[:-1])
-    ffn = _projection(tokens, ffn_w1) + _projection(tokens, ffn_w2)
+    ffn = _projection(tokens, *ffn_weight_1.shape) + _projection(tokens, *ffn_weight_2.shape)
     norms = Cost(0, 2 * 5 * _numel(src))
-    residual_and_act = Cost(0, 2 * _numel(src) + tokens * ffn_w1.shape[0])
+    residual_and_act = Cost(0, 2 * _numel(src) + tokens * ffn_weight_1.shape[0])
     return _mha_cost(src, src, int(num_heads), int(embed_dim)) + ffn + norms + residual_and_act
 
 
 @_formula(aten.mkldnn_rnn_layer)
-def _mkldnn_rnn_layer(args: tuple, kwargs: dict, out: Any) -> Cost:
+def _mkldnn_rnn_layer(*, input: torch.Tensor, weight0: torch.Tensor, weight1: torch.Tensor, **_: Any) -> Cost:
     """One direction of one LSTM layer: input and hidden GEMMs per time step, plus gate arithmetic."""
-    x, w_ih, w_hh = args[0], args[1], args[2]
-    steps = _numel(x) // x.shape[-1]                 # time steps * batch
+    w_ih, w_hh = weight0, weight1
+    steps = _numel(input) // input.shape[-1]          # time steps * batch
     macs = steps * (w_ih.numel() + w_hh.numel())
     hidden = w_hh.shape[1]
     return Cost(macs, 2 * macs + steps * hidden * 9)  # 4 gate activations, 3 mul, 2 add per hidden unit
@@ -188,37 +147,36 @@ def _mkldnn_rnn_layer(args: tuple, kwargs: dict, out: Any) -> Cost:
 # --- normalization, pooling, softmax, interpolation -----------------------------------------------------
 @_formula(aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_no_training,
           aten._native_batch_norm_legit_functional)
-def _batch_norm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    training = args[5] if len(args) > 5 and isinstance(args[5], bool) else False
-    n = _numel(args[0])
-    return Cost(0, (5 if training else 2) * n)  # eval: scale and shift; training: + mean and variance
+def _batch_norm(*, input: torch.Tensor, training: Any = False, **_: Any) -> Cost:
+    training = training if isinstance(training, bool) else False
+    return Cost(0, (5 if training else 2) * _numel(input))  # eval: scale and shift; training: + mean, variance
 
 
 @_formula(aten.native_layer_norm, aten.native_group_norm, aten._fused_rms_norm)
-def _stat_norm(args: tuple, kwargs: dict, out: Any) -> Cost:
-    return Cost(0, 5 * _numel(args[0]))  # mean, variance, normalize, scale, shift per element
+def _stat_norm(*, input: torch.Tensor, **_: Any) -> Cost:
+    return Cost(0, 5 * _numel(input))  # mean, variance, normalize, scale, shift per element
 
 
 @_formula(aten._softmax, aten._log_softmax, aten.softmax, aten.log_softmax, aten._safe_softmax)
-def _softmax(args: tuple, kwargs: dict, out: Any) -> Cost:
-    return Cost(0, 3 * _numel(args[0]))  # exp, sum, divide per element
+def _softmax(*, input: torch.Tensor, **_: Any) -> Cost:
+    return Cost(0, 3 * _numel(input))  # exp, sum, divide per element
 
 
 @_formula(aten.max_pool1d, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices, aten.avg_pool1d,
           aten.avg_pool2d, aten.avg_pool3d, aten.max_pool2d, aten.max_pool3d)
-def _pool(args: tuple, kwargs: dict, out: Any) -> Cost:
-    kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size")
-    dims = _first(out).dim() - 2 if isinstance(_first(out), torch.Tensor) else 2
-    kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
+def _pool(*, kernel_size: Any, out: Any, **_: Any) -> Cost:
+    result = _first(out)
+    dims = result.dim() - 2 if isinstance(result, torch.Tensor) else 2
+    kernel = list(kernel_size) if isinstance(kernel_size, (list, tuple)) else [kernel_size]
     if len(kernel) == 1:
         kernel = kernel * max(dims, 1)
-    return Cost(0, _numel(_first(out)) * math.prod(kernel))  # one compare/add per window element
+    return Cost(0, _numel(result) * math.prod(kernel))  # one compare/add per window element
 
 
 @_formula(aten._adaptive_avg_pool2d, aten._adaptive_avg_pool3d, aten.adaptive_max_pool2d,
           aten.adaptive_max_pool3d, aten.adaptive_avg_pool1d, aten.adaptive_max_pool1d)
-def _adaptive_pool(args: tuple, kwargs: dict, out: Any) -> Cost:
-    return Cost(0, _numel(args[0]))  # every input element is added/compared once
+def _adaptive_pool(*, input: torch.Tensor, **_: Any) -> Cost:
+    return Cost(0, _numel(input))  # every input element is added/compared once
 
 
 _INTERP_POINTS = {"upsample_nearest1d": 0, "upsample_nearest2d": 0, "upsample_nearest3d": 0,
@@ -228,13 +186,19 @@ _INTERP_POINTS = {"upsample_nearest1d": 0, "upsample_nearest2d": 0, "upsample_ne
                   "_upsample_bicubic2d_aa": 16}
 
 
-def _interp(points: int) -> Formula:
-    return lambda args, kwargs, out: Cost(0, 2 * points * _numel(_first(out)))  # weighted blend per output
+def _interp(points: int) -> NamedFormula:
+    def interpolation(*, out: Any, **_: Any) -> Cost:
+        return Cost(0, 2 * points * _numel(_first(out)))  # weighted blend per output
+    return interpolation
 
 
 for _name, _points in _INTERP_POINTS.items():
     if hasattr(aten, _name):
-        FORMULAS[getattr(aten, _name)] = _interp(_points)
+        BUILTIN[getattr(aten, _name)] = _interp(_points)
+
+
+def _reduction(*, input: Any = None, **_: Any) -> Cost:
+    return Cost(0, _numel(input))  # one FLOP per input element
 
 
 _REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "norm",
@@ -242,16 +206,16 @@ _REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_m
                "aminmax")
 for _name in _REDUCTIONS:
     if hasattr(aten, _name):
-        FORMULAS[getattr(aten, _name)] = lambda args, kwargs, out: Cost(0, _numel(args[0]))
+        BUILTIN[getattr(aten, _name)] = _reduction
 
 
-def pointwise_cost(args: tuple, kwargs: dict, out: Any) -> Cost:
+def pointwise_cost(*, out: Any, **_: Any) -> Cost:
     """Elementwise ops (ATen's ``pointwise`` tag): one FLOP per output element."""
     return Cost(0, _numel(_first(out)))
 
 
 # --- ops that move or allocate data and do no arithmetic ------------------------------------------------
-_ZERO_NAMES = (
+ZERO_COST_NAMES = (
     "clone", "copy_", "copy", "_to_copy", "cat", "stack", "empty", "empty_like", "empty_strided", "zeros",
     "zeros_like", "ones", "ones_like", "full", "full_like", "fill_", "fill", "zero_", "new_empty",
     "new_zeros", "new_ones", "new_full", "new_empty_strided", "rand", "randn", "randint", "rand_like",
@@ -264,12 +228,10 @@ _ZERO_NAMES = (
     "native_dropout", "dropout", "sort", "topk", "one_hot", "tensor_split", "linspace", "masked_scatter",
     "_assert_async", "_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride", "pixel_shuffle",
     "pixel_unshuffle", "channel_shuffle", "im2col", "col2im", "_pad_packed_sequence", "_pack_padded_sequence",
-    "copy_", "to", "_has_compatible_shallow_copy_type", "is_same_size", "equal", "argsort", "bincount",
+    "to", "_has_compatible_shallow_copy_type", "is_same_size", "equal", "argsort", "bincount",
     "_fused_sdp_choice", "unfold", "as_strided_scatter", "diagonal_scatter", "as_strided_",
 )
-for _name in _ZERO_NAMES:
-    if hasattr(aten, _name):
-        ZERO_COST.add(getattr(aten, _name))
+ZERO_COST_OPS = tuple(getattr(aten, n) for n in ZERO_COST_NAMES if hasattr(aten, n))
 
 
 def is_view(func: Any) -> bool:

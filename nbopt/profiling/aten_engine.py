@@ -1,0 +1,97 @@
+"""``engine="aten"``: one counted forward, on meta tensors when shapes are all it needs, else on real ones."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import NboptError, describe_exception
+from ..inputs import forward_error
+from ..model_state import preserved
+from .attribution import ModuleNames, ModuleTracker
+from .counter import OpCounter
+from .formulas import FormulaRegistry
+from .thop_engine import rule_tracker
+
+
+def _meta(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by an empty meta tensor of the same shape and dtype."""
+    return torch.utils._pytree.tree_map(
+        lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, obj)
+
+
+@contextlib.contextmanager
+def on_meta(model: nn.Module) -> Iterator[None]:
+    """Point every parameter/buffer slot at a meta twin for one block; the originals go back in ``finally``.
+
+    (``torch.func.functional_call`` restores a module reachable under two names — a shared module — in the
+    wrong order and leaves meta tensors on the user's model, so the swap is done here, once per module.)
+    """
+    slots = [(store, k, t) for m in model.modules() for store in (m._parameters, m._buffers)
+             for k, t in store.items() if t is not None]
+    twins: dict[int, torch.Tensor] = {}
+    for _, _, t in slots:
+        if id(t) not in twins:
+            twin = torch.empty_like(t, device="meta")
+            twins[id(t)] = nn.Parameter(twin, t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    try:
+        for store, k, t in slots:
+            store[k] = twins[id(t)]
+        yield
+    finally:
+        for store, k, t in slots:
+            store[k] = t
+
+
+def _forward(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker) -> None:
+    """One forward; a failure is a ForwardError naming the inputs and the layer that raised."""
+    try:
+        model(*args, **kwargs)
+    except NboptError:
+        raise
+    except Exception as exc:
+        raise forward_error(model, (args, kwargs), exc, tracker.failed_at(exc)) from None
+
+
+def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, on_meta_tensors: bool,
+                 formulas: FormulaRegistry) -> OpCounter:
+    """One eval-mode, no_grad forward under an :class:`OpCounter`; the model is left as it was."""
+    counter = OpCounter(tracker, meta=on_meta_tensors, formulas=formulas)
+    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active(), counter:
+        if on_meta_tensors:
+            with on_meta(model):
+                model(*_meta(args), **_meta(kwargs))
+        else:
+            _forward(model, args, kwargs, tracker)
+    return counter
+
+
+def _meta_failure(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, exc: Exception,
+                  where: str) -> NboptError:
+    """Why a meta run failed: bad inputs (a real run fails too and raises its own ForwardError here) or a
+    model that needs real data (an op without a meta kernel, a branch on tensor values)."""
+    tracker = ModuleTracker(names)
+    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active():
+        _forward(model, args, kwargs, tracker)
+    return NboptError(f"this model cannot run on meta tensors{where} ({describe_exception(exc)}), though it runs "
+                      "on real ones; count it with execution='real' (or 'auto', which falls back by itself)")
+
+
+def count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
+               ignore_ops: tuple, execution: str, formulas: FormulaRegistry
+               ) -> tuple[ModuleTracker, OpCounter, str]:
+    """Count one forward: ``execution`` ``"meta"``, ``"real"`` or ``"auto"`` (meta, falling back to real).
+
+    Returns the tracker (per-module stats), the counter (uncounted ops, coverage) and the execution used.
+    """
+    if execution in ("auto", "meta"):
+        tracker = rule_tracker(names, custom_ops, ignore_ops)
+        try:
+            return tracker, _run_counted(model, args, kwargs, tracker, True, formulas), "meta"
+        except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
+            if execution == "meta":
+                raise _meta_failure(model, args, kwargs, names, exc, tracker.failed_at(exc)) from None
+    tracker = rule_tracker(names, custom_ops, ignore_ops)
+    return tracker, _run_counted(model, args, kwargs, tracker, False, formulas), "real"
