@@ -20,7 +20,8 @@ import torchvision
 
 from nbopt.cpu import int8_settings
 from nbopt.quantization.api import _pick
-from nbopt.quantization.int8 import STATIC_BATCH_SIZES, OrtModule, build_onnx, build_pt2e, export_onnx
+from nbopt.quantization.backends.onnxruntime import OrtModule, build_onnx, export_onnx
+from nbopt.quantization.backends.pt2e import STATIC_BATCH_SIZES, build_pt2e
 from nbopt.model_state import disk_bytes
 from nbopt.timing import compare
 

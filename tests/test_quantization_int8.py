@@ -9,7 +9,7 @@ import nbopt
 from nbopt import demo
 from nbopt.errors import NboptError
 from nbopt.quantization.api import _pick
-from nbopt.quantization.int8 import Int8Program
+from nbopt.quantization.backends import Int8Program
 from tests.conftest import Untouched
 
 pytest.importorskip("onnxruntime")
@@ -80,7 +80,7 @@ def test_pt2e_batch_size_is_dynamic():
     """The first sizes get static programs; later sizes share one dynamic program with the same kernels."""
     from torch._dynamo.utils import counters
 
-    from nbopt.quantization.int8 import STATIC_BATCH_SIZES, CompiledInt8, _relative_error
+    from nbopt.quantization.backends.pt2e import STATIC_BATCH_SIZES, CompiledInt8, _relative_error
 
     torch.manual_seed(0)
     x = torch.randn(16, 3, 16, 16)
@@ -107,7 +107,7 @@ def test_pt2e_batch_size_is_dynamic():
 
 def test_pt2e_stays_static_where_dynamic_lowering_fails(pt2e_result, demo_model, calib):
     """The one-channel demo model: torch's dynamic lowering fails at batch >= 16; the outputs stay right."""
-    from nbopt.quantization.int8 import CompiledInt8, _relative_error
+    from nbopt.quantization.backends.pt2e import CompiledInt8, _relative_error
 
     prog = next(m for m in pt2e_result.model.modules() if isinstance(m, CompiledInt8))
     x = torch.cat(calib)[:40]
@@ -197,7 +197,7 @@ def test_onnxruntime_weights_are_7_bit_without_vnni(monkeypatch, vnni, dynamic):
     from onnx import numpy_helper
 
     from nbopt.cpu import int8_settings
-    from nbopt.quantization.int8 import build_onnx
+    from nbopt.quantization.backends import build_onnx
 
     monkeypatch.setenv("NBOPT_CPU_VNNI", vnni)
     model, x = _linear_stack()
@@ -213,7 +213,7 @@ def test_onnxruntime_weights_are_7_bit_without_vnni(monkeypatch, vnni, dynamic):
 
 @pytest.mark.parametrize("vnni", ["0", "1"])
 def test_pt2e_activations_are_7_bit_without_vnni(monkeypatch, vnni):
-    from nbopt.quantization.int8 import build_pt2e
+    from nbopt.quantization.backends import build_pt2e
 
     monkeypatch.setenv("NBOPT_CPU_VNNI", vnni)
     model, x = _linear_stack()
@@ -230,3 +230,31 @@ def test_int8_result_records_cpu_and_choice(ort_result, pt2e_result):
     s = int8_settings()
     for r in (ort_result, pt2e_result):
         assert any(s.cpu.label in n and s.label in n for n in r.notes), r.notes
+
+
+def test_backend_registry_rejects_duplicates_and_serves_a_registered_backend(monkeypatch):
+    """A registered builder is what quantize(mode="int8", backend=name) runs; a second registration raises."""
+    from nbopt.quantization import backends
+    from nbopt.quantization.backends import BUILDERS, register_backend
+
+    assert list(BUILDERS) == ["pt2e", "onnxruntime"]
+    from nbopt.quantization.options import BACKENDS
+    assert BACKENDS == ("auto", "pt2e", "onnxruntime")
+    with pytest.raises(NboptError, match="'pt2e' is already registered; pass override=True"):
+        register_backend("pt2e", backends.build_pt2e)
+    with pytest.raises(NboptError, match="'auto' is not a backend name"):
+        register_backend("auto", backends.build_pt2e)
+
+    calls = []
+
+    def build_identity(model, calib, example, *, dynamic=False, progress=True):
+        calls.append(dynamic)
+        return Int8Program("identity", model, 0, 0)
+
+    monkeypatch.setitem(backends._BUILDERS, "identity", None)  # removed again after the test
+    register_backend("identity", build_identity, override=True)
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    x = torch.randn(8, 4)
+    result = nbopt.quantize(model, x, mode="int8", backend="identity", progress=False, repeat=1)
+    assert calls == [False] and result.backend == "identity"
+    assert torch.equal(result.model(x), model(x))  # the builder's program, run as it was built

@@ -12,9 +12,9 @@ from ..layers import eval_folded, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
 from ..timing import compare
 from .calibration import first_input, run_batches
-from .int8 import BUILDERS, Int8Program
+from .backends import BUILDERS, Int8Program
 from .metrics import fidelity
-from .options import BACKENDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
+from .options import MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
 from .simulate import attach, calibrate, weight_qparams
@@ -53,7 +53,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     check_module(model)
     opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
     check_choice(mode, MODES, "mode")
-    check_choice(backend, BACKENDS, "backend")
+    check_choice(backend, ("auto", *BUILDERS), "backend")
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
     _check_mode(mode, opts, calib)

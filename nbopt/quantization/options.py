@@ -10,11 +10,12 @@ from torch import nn
 from ..errors import NboptError
 from ..inputs import check_finite_weights as _check_finite_weights
 from ..layers import weighted_layers
+from .backends import BUILDERS
 
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("minmax", "percentile", "mse")
 MODES = ("simulate", "int8", "dynamic")
-BACKENDS = ("auto", "pt2e", "onnxruntime")
+BACKENDS = ("auto", *BUILDERS)  # the built-in real int8 backends (register_backend adds more)
 
 
 def check_bits(bits: int | None, what: str = "weight_bits", allow_none: bool = False) -> None:

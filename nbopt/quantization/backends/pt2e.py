@@ -1,50 +1,21 @@
-"""Real int8 backends behind one interface: torchao PT2E + torch.compile, and ONNX + onnxruntime.
+"""Real int8 through torchao's PT2E flow: torch.export, the X86 inductor quantizer, then torch.compile.
 
-Both return an :class:`Int8Program` whose ``.model`` is an ``nn.Module`` called with torch tensors.
+:class:`CompiledInt8` keeps static programs for the first batch sizes and one dynamic-batch program after them.
 """
 from __future__ import annotations
 
 import copy
 import io
-import os
-import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..cpu import Int8Settings, int8_settings
-from ..errors import NboptError, require
-from ..inputs import tensors_in
-from .calibration import calibration_inputs, run_batches
-from .. import graph
-
-
-@dataclass
-class Int8Program:
-    """A converted model and what it weighs."""
-
-    backend: str
-    model: nn.Module
-    dense_bytes: int
-    disk_bytes: int
-    cpu: str = ""  # the CPU it was quantized for, e.g. "AVX2, no VNNI" (nbopt.cpu.CpuInfo.label)
-    settings: str = ""  # the quantizer choice made for that CPU (nbopt.cpu.Int8Settings.label)
-
-    @property
-    def cpu_note(self) -> str:
-        """One sentence for the result's notes: the CPU and the int8 choice made for it."""
-        return f"CPU {self.cpu}: int8 with {self.settings}." if self.cpu else ""
-
-
-def _for_cpu(program: Int8Program, settings: Int8Settings) -> Int8Program:
-    program.cpu, program.settings = settings.cpu.label, settings.label
-    return program
-
-
-def _need(module: str) -> None:
-    require(module, extra="int8", purpose="the int8 path")
+from ... import graph
+from ...cpu import Int8Settings, int8_settings
+from ...inputs import tensors_in
+from ..calibration import run_batches
+from .base import Int8Program, for_cpu, need, tensor_bytes
 
 
 def capture_for_pt2e(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any = None) -> nn.Module:
@@ -164,10 +135,6 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
 
 
-def _tensor_bytes(tensors: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
                progress: bool = True, settings: Int8Settings | None = None) -> Int8Program:
     """torchao PT2E with the X86 inductor quantizer (static or dynamic), then torch.compile.
@@ -176,7 +143,7 @@ def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     activations) on x86 CPUs without VNNI, where oneDNN's u8 x s8 kernels saturate in 16 bits.
     """
     settings = settings or int8_settings()
-    _need("torchao")
+    need("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
@@ -188,98 +155,5 @@ def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     converted = convert_pt2e(prepared)
     buf = io.BytesIO()
     torch.save(converted.state_dict(), buf)
-    dense = _tensor_bytes(converted.state_dict().values())
-    return _for_cpu(Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes), settings)
-
-
-class OrtModule(nn.Module):
-    """An onnxruntime session called like a torch module (tensors in, tensors out)."""
-
-    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
-        super().__init__()
-        self.onnx_bytes, self.threads = onnx_bytes, threads or torch.get_num_threads()
-        self._session = None
-
-    @property
-    def session(self) -> Any:
-        if self._session is None:
-            self._session = graph.ort_session(self.onnx_bytes, threads=self.threads, extra="int8",
-                                              purpose="the int8 path")
-        return self._session
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_session": None}
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        names = [i.name for i in self.session.get_inputs()]
-        values = list(tensors_in((args, kwargs)))
-        feed = {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
-        outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-
-def export_onnx(model: nn.Module, example: Any, path: str) -> None:
-    """ONNX via the dynamo exporter (:func:`nbopt.graph.export_onnx`), batch dimension dynamic, one file."""
-    try:
-        graph.export_onnx(model, example, path, dynamic_batch=True)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise graph.capture_error(exc, model, "onnxruntime") from None
-    import onnx
-    onnx.save(onnx.load(path), path, save_as_external_data=False)  # one self-contained file (no .data)
-
-
-class _Reader:
-    """onnxruntime CalibrationDataReader over nbopt calibration batches."""
-
-    def __init__(self, names: list[str], calib: Any, progress: bool):
-        from tqdm.auto import tqdm
-        self.names = names
-        self.it = iter(tqdm(calibration_inputs(calib), desc="calibrating (onnxruntime)", disable=not progress,
-                            leave=False))
-
-    def get_next(self) -> dict[str, Any] | None:
-        x = next(self.it, None)
-        if x is None:
-            return None
-        return {n: t.detach().cpu().numpy() for n, t in zip(self.names, tensors_in(x))}
-
-
-def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = False,
-               progress: bool = True, settings: Int8Settings | None = None) -> Int8Program:
-    """ONNX export + onnxruntime quantization: static QDQ per-channel, or dynamic.
-
-    ``settings`` (default: :func:`nbopt.cpu.int8_settings` for this CPU): ``reduce_range`` (7-bit
-    weights) on x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernels saturate in 16 bits.
-    """
-    settings = settings or int8_settings()
-    for mod in ("onnx", "onnxruntime", "onnxscript"):
-        _need(mod)
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
-        export_onnx(model, example, fp32)
-        if dynamic:
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=settings.reduce_range)
-        else:
-            names = [i.name for i in ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()]
-            quantize_static(fp32, int8, _Reader(names, calib, progress), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=settings.reduce_range)
-        data = open(int8, "rb").read()
-    return _for_cpu(Int8Program("onnxruntime", OrtModule(data), _onnx_initializer_bytes(data), len(data)),
-                    settings)
-
-
-def _onnx_initializer_bytes(data: bytes) -> int:
-    import onnx
-    from onnx import numpy_helper
-    model = onnx.load_from_string(data)
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-
-
-BUILDERS = {"pt2e": build_pt2e, "onnxruntime": build_onnx}
+    dense = tensor_bytes(converted.state_dict().values())
+    return for_cpu(Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes), settings)
