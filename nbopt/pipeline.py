@@ -1,6 +1,7 @@
 """``optimize``: profile -> fuse -> prune -> quantize -> export -> verify, one measured row per step."""
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -19,16 +20,26 @@ from .profiling import profile
 from .pruning import Pruner
 from .quantization import quantize
 from .quantization.metrics import fidelity
-from .timing import compare
+from .timing import compare_pair
 
 STEPS = ("profile", "fuse", "prune", "quantize", "export", "verify")
 COLUMNS = ["step", "status", "params", "macs", "file_bytes", "latency_ms", "original_latency_ms", "speedup",
-           "accuracy", "top1_agreement", "max_abs_diff", "note"]
+           "accuracy", "top1_agreement", "max_abs_diff", "note", "latency_q1_ms", "latency_q3_ms",
+           "original_latency_q1_ms", "original_latency_q3_ms", "speedup_q1", "speedup_q3", "latency_calls", "noisy"]
+# every latency_*, original_latency_* and speedup* value of a row comes from ONE interleaved timing of the step's
+# model and the original; speedup == original_latency_ms / latency_ms exactly
 
 
 @dataclass
 class OptimizeResult:
-    """One row per pipeline step (``table``), the final runtime model and the export."""
+    """One row per pipeline step (``table``), the final runtime model and the export.
+
+    Each row's ``latency_ms``, ``original_latency_ms`` and ``speedup`` (their ratio) come from one interleaved
+    timing of that step's model and the original, with quartiles (``*_q1_ms``/``*_q3_ms``; ``speedup_q1``/
+    ``speedup_q3`` of the per-round ratios), ``latency_calls`` timed calls each and a ``noisy`` flag; compare a
+    row's latency with its own ``original_latency_ms``, not with another row's. ``notes`` says which rows
+    were noisy.
+    """
 
     table: pd.DataFrame
     model: nn.Module | None = None             # the exported program in its runtime (or the last torch model)
@@ -40,11 +51,32 @@ class OptimizeResult:
         """Original eager latency / final latency, measured interleaved in the last step."""
         return float(self.table["speedup"].iloc[-1]) if len(self.table) else math.nan
 
+    @property
+    def noisy(self) -> bool:
+        """Whether any measured row's timing was noisy (see ``notes``)."""
+        return bool("noisy" in self.table and any(_flag(v) for v in self.table["noisy"]))
+
+    def _speedup_text(self) -> str:
+        if not len(self.table) or "speedup_q1" not in self.table:
+            return f"{self.speedup:.2f}x"
+        last = self.table.iloc[-1]
+        calls = int(last["latency_calls"]) if last["latency_calls"] == last["latency_calls"] else 0
+        return (f"{self.speedup:.3g}x (IQR {last['speedup_q1']:.3g}-{last['speedup_q3']:.3g}x, n={calls})"
+                + (", NOISY" if _flag(last["noisy"]) else ""))
+
     def _repr_html_(self) -> str:
-        return self.table.to_html(float_format=lambda v: f"{v:.4g}")
+        notes = "".join(f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(n)}</p>"
+                        for n in self.notes)
+        return self.table.to_html(float_format=lambda v: f"{v:.4g}") + notes
 
     def __repr__(self) -> str:
-        return f"OptimizeResult(speedup {self.speedup:.2f}x)\n{self.table.to_string()}"
+        notes = "".join(f"\n{n}" for n in self.notes)
+        return f"OptimizeResult(speedup {self._speedup_text()})\n{self.table.to_string()}{notes}"
+
+
+def _flag(value: Any) -> bool:
+    """A table cell as a flag: NaN (a skipped row) and None are False."""
+    return value is not None and value == value and bool(value)
 
 
 @dataclass
@@ -90,18 +122,24 @@ class _Run:
         self.repeat, self.limit = repeat, fidelity_batches
         self.reference = outputs_on(original, calib, fidelity_batches)
         self.rows: list[dict[str, Any]] = []
+        self.noise: list[str] = []  # one note per noisy row
 
     def row(self, step: str, state: _State, measured: nn.Module, note: str = "", status: str = "done") -> None:
-        t = compare({"original": lambda: call(self.original, self.inputs),
-                     "step": lambda: call(measured, self.inputs)}, repeat=self.repeat)
+        pair = compare_pair(lambda: call(self.original, self.inputs), lambda: call(measured, self.inputs),
+                            names=("original", "step"), warmup=3, repeat=self.repeat)
         fid = fidelity(self.reference, outputs_on(measured, self.calib, self.limit))
         agree, diff = fid.get("top1_agreement", math.nan), fid["max_abs_diff"]
+        orig, t, r = pair.baseline, pair.other, pair.speedup
         self.rows.append({"step": step, "status": status, "params": state.params, "macs": state.macs,
-                          "file_bytes": state.file_bytes, "latency_ms": t["step"].median_ms,
-                          "original_latency_ms": t["original"].median_ms,
-                          "speedup": t["original"].median_ms / t["step"].median_ms,
+                          "file_bytes": state.file_bytes, "latency_ms": t.median_ms,
+                          "original_latency_ms": orig.median_ms, "speedup": r.value,
                           "accuracy": float(self.evaluate(measured)) if self.evaluate else math.nan,
-                          "top1_agreement": agree, "max_abs_diff": diff, "note": note})
+                          "top1_agreement": agree, "max_abs_diff": diff, "note": note,
+                          "latency_q1_ms": t.q1_ms, "latency_q3_ms": t.q3_ms, "original_latency_q1_ms": orig.q1_ms,
+                          "original_latency_q3_ms": orig.q3_ms, "speedup_q1": r.q1, "speedup_q3": r.q3,
+                          "latency_calls": t.n, "noisy": pair.noisy})
+        if pair.noisy:
+            self.noise.append(f"{step}: {pair.note('speedup over the original')}")
 
     def skip(self, step: str, reason: str) -> None:
         self.rows.append({"step": step, "status": "skipped", "note": reason})
@@ -117,7 +155,10 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
     adds an accuracy column. ``prune_amount``: fraction of channels removed (structured, ``nbopt.Pruner``);
     ``finetune(model)`` trains the pruned model (in place or returning it) before quantization.
     ``quant_backend``: nbopt.quantize int8 backend ("onnxruntime", "pt2e" or "auto"). ``format``: export
-    target. Each row times the step's model interleaved with the original (``speedup`` is that pair's ratio).
+    target. Each row times the step's model interleaved with the original, ``repeat`` calls each in blocks of
+    3: ``speedup`` is exactly that row's ``original_latency_ms / latency_ms``, with the quartiles of the
+    per-round ratios (``speedup_q1``/``speedup_q3``); a noisy row is flagged (``noisy``) and named in ``notes``.
+    The speedups depend on this machine's CPU, threads and load.
     """
     check_module(model)
     check_device(model, example_inputs)
@@ -139,6 +180,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
         _STEP_FUNCS[step](run, state, result, prune_amount=prune_amount, finetune=finetune,
                           backend=quant_backend, fmt=fmt, path=path, progress=progress)
     result.table = pd.DataFrame(run.rows, columns=COLUMNS).set_index("step")
+    result.notes.extend(run.noise)
     result.model = result.model or state.model
     return result
 

@@ -105,3 +105,28 @@ print("ok", len({modules!r}))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_front_ends_without_the_notebook_extra_name_it():
+    """On a core-only install the panels and figures fail with the extra to install, not a bare ImportError."""
+    code = """
+import sys
+sys.modules["ipywidgets"] = None
+sys.modules["matplotlib"] = None
+from nbopt.errors import MissingDependencyError
+for what in ("panels", "figures"):
+    try:
+        if what == "panels":
+            import nbopt.panels
+        else:
+            from nbopt.display.figures import pyplot
+            pyplot()
+    except MissingDependencyError as exc:
+        assert 'pip install "nbopt[notebook]"' in str(exc), exc
+        assert isinstance(exc, ImportError)
+    else:
+        raise AssertionError(what + " imported without its dependency")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

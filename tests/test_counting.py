@@ -64,11 +64,15 @@ def test_multihead_attention_fast_path_and_slow_path_agree():
     x = torch.randn(2, 10, 32)
     projections = 4 * 2 * 10 * 32 * 32
     attention = 2 * 4 * 10 * 10 * (8 + 8)
-    fused = nbopt.profile(Fn(lambda t: mha(t, t, t)), x, latency=False)  # no_grad: fused kernel
-    assert fused.total_macs == projections + attention
+    macs = projections + attention
+    # no bias adds; scale Q (2 * 10 * 32), softmax (3 per score), average the weights over heads (1 per score)
+    flops = 2 * macs + 2 * 10 * 32 + 3 * (2 * 4 * 10 * 10) + 2 * 4 * 10 * 10
+    assert flops == 193_280
+    fused = nbopt.profile(Fn(lambda t: mha(t, t, t)), x, latency=False, execution="real")  # no_grad: fused
+    assert (fused.total_macs, fused.total_flops) == (macs, flops)
     with torch.enable_grad():  # the composite path that runs when grad is needed
         slow = count_cost(lambda: mha(x, x, x))
-    assert slow.macs == projections + attention
+    assert (slow.macs, slow.flops) == (macs, flops)
 
 
 def test_transformer_encoder_layer_fast_path():
@@ -76,8 +80,13 @@ def test_transformer_encoder_layer_fast_path():
     x = torch.randn(2, 10, 32)
     expected = 4 * 2 * 10 * 32 * 32 + 2 * 4 * 10 * 10 * 16 + 2 * (2 * 10 * 32 * 64)
     assert macs_of(layer, x) == expected
+    # no bias adds; scale Q and K (2 * 640), softmax (3 * 800), 2 residual adds (2 * 640), 2 layer norms
+    # (2 * 5 * 640), ReLU on the 20 x 64 hidden layer
+    flops = 2 * expected + 2 * 640 + 3 * 800 + 2 * 640 + 2 * 5 * 640 + 20 * 64
+    assert flops == 365_920
+    assert nbopt.profile(layer, x, latency=False, execution="real").total_flops == flops
     with torch.enable_grad():
-        assert count_cost(layer, x).macs == expected
+        assert count_cost(layer, x) == nbopt.profiling.formulas.Cost(expected, flops)
 
 
 def test_recurrent_layers():

@@ -156,3 +156,26 @@ def test_export_data_dependent_branch_names_module(tmp_path, untouched):
     assert os.listdir(tmp_path) == []
     res = nbopt.export(model, torch.randn(2, 4), "torchscript", tmp_path / "b.pt", latency=False)  # the way out
     assert res.max_abs_diff < 1e-6 and any("froze a data-dependent" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------- timing a user can trust (issue 18, section 2)
+
+def test_export_speedup_and_latencies_come_from_one_measurement(tmp_path, demo_model):
+    res = nbopt.export(demo_model, demo.example_input(2), "torchscript", tmp_path / "m.pt", repeat=6)
+    assert res.speedup == res.eager_latency_ms / res.latency_ms == res.speedup_spread.value
+    assert res.latency["runtime"]["median_ms"] == res.latency_ms
+    assert res.latency["eager"]["median_ms"] == res.eager_latency_ms
+    for s in res.latency.values():
+        assert s["q1_ms"] <= s["median_ms"] <= s["q3_ms"] and s["n"] == 6
+    row = res.summary()
+    assert row["latency_calls"] == 6 and row["speedup_q1"] <= row["speedup_q3"] and row["noisy"] == res.noisy
+    assert "IQR" in repr(res) and (res.latency_note in repr(res) if res.noisy else res.latency_note == "")
+
+
+def test_fuse_channels_last_ratio_has_its_spread(demo_model):
+    res = nbopt.fuse(demo_model, demo.example_input(4), channels_last=True, repeat=6)
+    lat = res.latency_ms
+    assert res.channels_last_speedup.value == lat["contiguous"] / lat["channels_last"]
+    assert {k: v["median_ms"] for k, v in res.latency.items()} == lat
+    assert all(v["n"] == 6 and v["q1_ms"] <= v["median_ms"] <= v["q3_ms"] for v in res.latency.values())
+    assert "IQR" in repr(res) and (bool(res.notes) == res.noisy)

@@ -94,3 +94,16 @@ def test_onnx_support_functionalizes_inplace_ops():
 
     got = onnx_support(pd.Series(["aten.relu_.default", "aten.add_.Tensor", "aten.batch_norm.default"])).tolist()
     assert got[0].startswith("yes") and got[1].startswith("yes") and got[2] == "decomposed"
+
+
+def test_threads_sweep_is_one_interleaved_measurement_with_spread():
+    from nbopt.deployment.threads import threads_sweep
+
+    before = torch.get_num_threads()
+    df = threads_sweep(nn.Sequential(nn.Linear(64, 64), nn.ReLU()).eval(), torch.randn(8, 64), (1, 2, 1), repeat=6)
+    assert torch.get_num_threads() == before
+    assert list(df["threads"]) == [1, 2, 1] and (df["latency_calls"] == 6).all()
+    assert (df["speedup"] == df["latency_ms"].iloc[0] / df["latency_ms"]).all()
+    assert ((df["latency_q1_ms"] <= df["latency_ms"]) & (df["latency_ms"] <= df["latency_q3_ms"])).all()
+    assert (df["speedup_q1"] <= df["speedup_q3"]).all()
+    assert isinstance(df.attrs["noisy"], bool) and (df.attrs["note"] != "") == df.attrs["noisy"]

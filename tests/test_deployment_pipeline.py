@@ -56,3 +56,22 @@ def test_optimize_bad_input():
         nbopt.optimize(model, x, calib=None)
     with pytest.raises(NboptError, match="exports only to ONNX"):
         nbopt.optimize(model, x, calib=x, format="torchscript")
+
+
+# ---------------------------------------------------------------- timing a user can trust (issue 18, section 2)
+
+def test_optimize_rows_latency_and_speedup_from_one_measurement(demo_model, monkeypatch):
+    from nbopt import timing
+    loads = iter([timing.MachineLoad(0.0, 2)] * 2)  # the profile row's timing quiet, then (the fuse row) busy
+    monkeypatch.setattr(timing, "machine_load", lambda: next(loads, timing.MachineLoad(30.0, 2)))
+    res = nbopt.optimize(demo_model, demo.example_input(1), calib=demo.calibration_data(64),
+                         steps=("profile", "fuse"), repeat=6, progress=False)
+    t = res.table
+    for step, row in t.iterrows():
+        assert row["speedup"] == row["original_latency_ms"] / row["latency_ms"]  # exactly: the same calls
+        assert row["latency_q1_ms"] <= row["latency_ms"] <= row["latency_q3_ms"]
+        assert row["original_latency_q1_ms"] <= row["original_latency_ms"] <= row["original_latency_q3_ms"]
+        assert row["speedup_q1"] <= row["speedup_q3"] and row["latency_calls"] == 6
+    assert bool(t.loc["fuse", "noisy"]) and res.noisy
+    assert any(n.startswith("fuse: noisy speedup over the original") for n in res.notes)
+    assert "IQR" in repr(res) and "machine busy" in res._repr_html_()

@@ -124,6 +124,30 @@ def test_namespaced_name_resolves_a_custom_op(cleanup):
     assert nbopt.profile(model, x, latency=False, execution="real").total_flops == 10
 
 
+@torch.library.custom_op("nbopt_test::relu", mutates_args=())
+def _custom_relu(x: torch.Tensor) -> torch.Tensor:   # named like aten::relu, on purpose
+    return x.clamp_min(0)
+
+
+@_custom_relu.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def test_a_namespace_is_never_replaced_by_aten(cleanup):
+    """'ns::op' resolves in ns only: a custom op named like an aten op is that custom op, and a name that
+    ns lacks fails instead of silently naming the aten op of that name."""
+    assert resolve_op("nbopt_test::relu") is torch.ops.nbopt_test.relu is not torch.ops.aten.relu
+    with pytest.raises(InputError, match=r"unknown op 'nbopt_test::mm': torch\.ops\.nbopt_test\.mm does not exist"):
+        nbopt.register_formula("nbopt_test::mm", lambda *a, out, **k: 0)
+    assert FORMULAS.get(torch.ops.aten.mm).builtin  # aten.mm untouched
+    cleanup.append(torch.ops.nbopt_test.relu)
+    nbopt.register_formula("nbopt_test::relu", lambda t, *, out: 3 * t.numel())
+    x = torch.randn(2, 5)
+    assert nbopt.profile(Fn(_custom_relu), x, latency=False).total_flops == 3 * 10   # the custom formula
+    assert nbopt.profile(nn.ReLU(), x, latency=False).total_flops == 10              # aten.relu: still 1 each
+
+
 def test_unknown_op_names_give_a_clear_error():
     with pytest.raises(InputError, match=r"unknown op 'no_such_op': torch\.ops\.aten\.no_such_op does not exist; "
                                          r"name a custom op with its namespace, e.g\. 'mylib::my_op'"):

@@ -195,3 +195,109 @@ def test_torchvision_published_gmacs():
         assert abs(got - published) <= _published_tolerance(published), (name, got, published)
         checked += 1
     assert checked >= 60
+
+
+# --- latency with its spread (issue 18 §2): structure and invariants, never wall-clock values ---------------
+
+LATENCY_SPREAD_COLUMNS = ["latency_q1_ms", "latency_q3_ms", "self_latency_q1_ms", "self_latency_q3_ms",
+                          "latency_calls"]
+
+
+def _quiet_profile(prof, samples, load=None):
+    """``prof`` with hand-made whole-model samples (and load), to drive the noise checks deterministically."""
+    import dataclasses
+
+    from nbopt.timing import MachineLoad, Timing
+    return dataclasses.replace(prof, timing=Timing(list(samples)), latency_ms=Timing(list(samples)).median_ms,
+                               load=load or MachineLoad(0.0, 4))
+
+
+def test_profile_latency_carries_spread_and_self_time_is_never_negative():
+    from nbopt import demo
+    prof = nbopt.profile(demo.load_model(), demo.example_input(1), repeat=5)
+    t = prof.table
+    assert set(LATENCY_SPREAD_COLUMNS) <= set(t.columns)
+    assert prof.timing is not None and prof.timing.n == 5 and prof.latency_ms == prof.timing.median_ms
+    assert set(prof.latency_summary) == {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "n"}
+    timed = t[t["latency_calls"] > 0]
+    assert len(timed) == len(t) and (timed["latency_calls"] == 5).all()
+    assert (t["self_latency_ms"] >= 0).all()
+    assert (t["latency_q1_ms"] <= t["latency_ms"]).all() and (t["latency_ms"] <= t["latency_q3_ms"]).all()
+    assert (t["self_latency_q1_ms"] <= t["self_latency_ms"]).all()
+    assert (t["self_latency_ms"] <= t["self_latency_q3_ms"]).all()
+    assert (t["self_latency_ms"] <= t["latency_ms"] + 1e-9).all()
+    acc = prof.latency_accounted
+    assert acc == pytest.approx(t["self_latency_ms"].sum() / prof.latency_ms)
+    assert isinstance(prof.noisy, bool) and prof.load is not None
+    assert {"noisy", "latency_accounted", "latency"} <= set(prof.summary())
+
+
+def test_self_latencies_add_up_to_the_root_in_one_replay():
+    """Own time is measured per call: in each replay the own times of all modules sum to the root's time."""
+    from nbopt import demo, timing
+    from nbopt.profiling.attribution import ModuleNames
+    from nbopt.profiling.latency import measure_latency
+
+    model, x = demo.load_model().eval(), demo.example_input(1)
+    names = ModuleNames()
+    names.add_root(model)
+    lat = measure_latency(lambda: model(x), names, warmup=1, repeat=3, device=torch.device("cpu"))
+    assert isinstance(lat.whole, timing.Timing) and lat.modules.calls == 3
+    root = lat.modules.inclusive["(root)"].samples_ms
+    for i in range(3):
+        assert sum(t.samples_ms[i] for t in lat.modules.own.values()) == pytest.approx(root[i], rel=1e-9)
+
+
+def test_noisy_profile_says_so_everywhere(demo_model):
+    import warnings
+
+    from nbopt.display.tables import profile_text
+    from nbopt.timing import MachineLoad, NoisyTimingWarning
+    prof = nbopt.profile(demo_model, torch.randn(1, 1, 8, 8), repeat=3)
+    noisy = _quiet_profile(prof, [1.9, 57.8, 2.0, 40.0, 2.1, 30.0])
+    assert noisy.noisy
+    assert any(n.startswith("noisy latency") for n in noisy.latency_notes())
+    assert "noisy latency" in noisy._repr_html_() and "noisy latency" in profile_text(noisy)
+    assert "latency ranking unreliable" in noisy._repr_html_()
+    with pytest.warns(NoisyTimingWarning, match="ranking unreliable"):
+        top = noisy.top(3, by="self_latency_ms")
+    assert top.attrs["note"].startswith("latency ranking unreliable")
+    busy = _quiet_profile(prof, [2.0] * 10, load=MachineLoad(9.0, 2))
+    assert busy.noisy and "machine busy" in " ".join(busy.latency_notes())
+    steady = _quiet_profile(prof, [2.0] * 10)
+    assert not steady.noisy and not any(n.startswith("noisy") for n in steady.latency_notes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyTimingWarning)
+        assert "note" not in steady.top(3, by="macs").attrs  # counts are never flagged
+
+
+def test_latency_accounted_outside_tolerance_is_noted(demo_model):
+    from nbopt.profiling.result import ACCOUNTED
+    prof = nbopt.profile(demo_model, torch.randn(1, 1, 8, 8), repeat=3)
+    own = prof.table["self_latency_ms"].sum()
+    low = _quiet_profile(prof, [own / (ACCOUNTED[0] / 2)] * 6)  # layers explain half the model's time
+    assert low.latency_accounted == pytest.approx(ACCOUNTED[0] / 2)
+    assert any("outside modules" in n for n in low.latency_notes())
+    exact = _quiet_profile(prof, [own] * 6)
+    assert exact.latency_accounted == pytest.approx(1.0)
+    assert not any("add up to" in n for n in exact.latency_notes())
+    assert nbopt.profile(demo_model, torch.randn(1, 1, 8, 8), latency=False).latency_accounted is None
+
+
+def test_compare_latency_is_one_interleaved_measurement_with_spread():
+    from nbopt import timing
+    a, b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+    df = nbopt.compare({"a": a, "b": b}, torch.randn(1, 8, 8, 8), repeat=5)
+    assert {"latency_q1_ms", "latency_q3_ms", "latency_calls", "latency_ms_vs_first_q1",
+            "latency_ms_vs_first_q3", "speedup_vs_first"} <= set(df.columns)
+    assert (df["latency_calls"] == 5).all()
+    assert (df["latency_q1_ms"] <= df["latency_ms"]).all() and (df["latency_ms"] <= df["latency_q3_ms"]).all()
+    timings = df.attrs["timings"]
+    for name in df.index:
+        assert df.loc[name, "latency_ms"] == timings[name].median_ms
+        assert df.loc[name, "latency_ms_vs_first"] == timing.ratio(timings[name], timings["a"]).value
+        assert df.loc[name, "speedup_vs_first"] == timing.ratio(timings["a"], timings[name]).value
+        assert df.attrs["ratios"][name] == timing.ratio(timings["a"], timings[name])
+    assert df.loc["a", "latency_ms_vs_first"] == 1.0
+    assert df.attrs["noisy"] == timing.is_noisy(timings, df.attrs["load"])
+    assert bool(df.attrs["note"]) == df.attrs["noisy"]

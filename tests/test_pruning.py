@@ -185,3 +185,27 @@ def test_global_cut_exact_with_ties_both_paths():
         assert fast == slow and sum(fast.values()) == k
         cut = pool[k - 1] if k else -1.0
         assert all(float(m.sorted_abs[c - 1]) <= cut for m, c in zip(masks, fast.values()) if c)
+
+
+# ---------------------------------------------------------------- timing a user can trust (issue 18, section 2)
+
+def test_prune_latency_rows_come_from_one_measurement(demo_model):
+    r = nbopt.prune(demo_model, demo.example_input(2), amount=0.3, structured=True, progress=False)
+    s = r.summary
+    before, after = s.loc["latency_ms", "before"], s.loc["latency_ms", "after"]
+    assert s.loc["latency_ms", "ratio"] == before / after == r.speedup == r.speedup_spread.value
+    for col in ("before", "after"):
+        assert s.loc["latency_q1_ms", col] <= s.loc["latency_ms", col] <= s.loc["latency_q3_ms", col]
+    assert s.loc["latency_calls", "before"] == s.loc["latency_calls", "after"] == r.speedup_spread.n >= 9
+    assert s.loc["speedup_q1", "ratio"] == r.speedup_spread.q1 <= s.loc["speedup_q3", "ratio"]
+    assert r.latency["before"]["median_ms"] == before and r.latency["after"]["n"] == r.speedup_spread.n
+    assert "IQR" in repr(r) and isinstance(r.noisy, bool) and s.attrs["noisy"] == r.noisy
+    assert (r.notes == [s.attrs["note"]] and "NOISY" in repr(r)) if r.noisy else r.notes == []
+
+
+def test_prune_busy_machine_flags_the_latency(monkeypatch, demo_model):
+    from nbopt import timing
+    monkeypatch.setattr(timing, "machine_load", lambda: timing.MachineLoad(40.0, 2))
+    r = nbopt.prune(demo_model, demo.example_input(1), amount=0.3, structured=True, progress=False)
+    assert r.noisy and "machine busy (load 40.0 on 2 cores)" in r.notes[0]
+    assert "NOISY" in repr(r) and "machine busy" in r._repr_html_()

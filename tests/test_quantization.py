@@ -1,6 +1,8 @@
 """Simulated quantization, sensitivity, mixed precision, QAT: honest values on the demo model."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -222,3 +224,55 @@ def test_qat_result_measures_the_qat_model(monkeypatch):
     assert r.accuracy["post_training_quantized"] == ptq.accuracy["quantized"]
     assert r.accuracy["fp32"] == ptq.accuracy["fp32"]
     assert q["deployable"] == ptq.size_bytes["quantized"]["deployable"]
+
+
+# ---------------------------------------------------------------- timing a user can trust (issue 18, section 2)
+
+def _timed_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return model.eval(), [torch.randn(4, 1, 8, 8) for _ in range(2)]
+
+
+def test_quant_speedup_is_the_ratio_of_its_own_latencies_with_spread():
+    model, xs = _timed_model()
+    r = nbopt.quantize(model, xs, weight_bits=4, act_bits=8, progress=False, repeat=9)
+    assert r.speedup == r.latency_ms["fp32"] / r.latency_ms["quantized"] == r.speedup_spread.value
+    assert set(r.latency) == {"fp32", "quantized"}
+    for side, s in r.latency.items():
+        assert s["median_ms"] == r.latency_ms[side] and s["n"] == 9
+        assert s["min_ms"] <= s["q1_ms"] <= s["median_ms"] <= s["q3_ms"] <= s["max_ms"]
+    assert r.speedup_spread.n == 9 and r.speedup_spread.q1 <= r.speedup_spread.q3
+    table = r.summary()
+    assert table.loc["latency (ms, median)", "ratio"] == r.speedup
+    assert table.loc["latency calls", "fp32"] == table.loc["latency calls", table.columns[1]] == 9
+    assert table.loc["speedup q1 (x)", "ratio"] == r.speedup_spread.q1
+    assert isinstance(r.noisy, bool) and ("IQR" in repr(r))
+    assert (r.latency_note in r.notes and r.latency_note in repr(r)) if r.noisy else r.latency_note == ""
+    assert "not faster" in r.notes[0]  # the simulated caveat stays first; a noise note is appended after
+
+
+def test_quant_busy_machine_marks_the_speedup_noisy(monkeypatch):
+    from nbopt import timing
+    monkeypatch.setattr(timing, "machine_load", lambda: timing.MachineLoad(50.0, 2))
+    model, xs = _timed_model()
+    r = nbopt.quantize(model, xs, weight_bits=8, act_bits=8, progress=False, repeat=3)
+    assert r.noisy and "machine busy (load 50.0 on 2 cores)" in r.latency_note
+    assert r.notes[-1] == r.latency_note and "NOISY" in repr(r) and r.summary().attrs["note"] == r.latency_note
+    assert r.latency_note.startswith("noisy speedup over fp32 ")
+
+
+def test_quant_without_calibration_has_no_latency():
+    model, _ = _timed_model()
+    r = nbopt.quantize(model, None, weight_bits=4, act_bits=None, progress=False)
+    assert r.latency_ms == {} and r.latency == {} and r.speedup_spread is None and not r.noisy
+    assert math.isnan(r.speedup) and "speedup not measured" in repr(r)
+    assert "latency q1 (ms)" not in r.summary().index
+
+
+def test_qat_latency_has_quartiles():
+    model, xs = _timed_model()
+    data = [(x, torch.randint(0, 3, (4,))) for x in xs]
+    r = nbopt.qat(model, data, nn.functional.cross_entropy, epochs=1, weight_bits=4, act_bits=8, progress=False)
+    assert r.latency["fp32"]["n"] == r.latency["quantized"]["n"] == 9
+    assert r.speedup == r.speedup_spread.value

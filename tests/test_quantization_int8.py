@@ -258,3 +258,11 @@ def test_backend_registry_rejects_duplicates_and_serves_a_registered_backend(mon
     result = nbopt.quantize(model, x, mode="int8", backend="identity", progress=False, repeat=1)
     assert calls == [False] and result.backend == "identity"
     assert torch.equal(result.model(x), model(x))  # the builder's program, run as it was built
+
+
+def test_auto_pick_reports_medians_with_spread_and_calls():
+    fast = Int8Program("fast", nn.Identity(), 1, 1)
+    slow = Int8Program("slow", _Sleep(), 1, 1)
+    prog, reason = _pick({"slow": slow, "fast": fast}, {}, torch.randn(2, 3), repeat=6)
+    assert prog is fast and "measured both on your input, interleaved" in reason
+    assert reason.count("IQR") == 2 and reason.count("n=6") == 2  # each program: median (IQR q1-q3, n=calls)

@@ -22,7 +22,7 @@ from ..errors import InputError, NboptError, UnsupportedModelError, require
 from ..graph import export_error, export_onnx, export_program, ort_session, quiet
 from ..inputs import as_args, call, check_device, check_module, tensors_in
 from ..model_state import working_copy
-from ..timing import compare
+from ..timing import Ratio, compare_pair
 from .fuse import max_abs_diff
 
 
@@ -39,23 +39,43 @@ class ExportResult:
     latency_ms: float = float("nan")                         # in the target runtime
     eager_latency_ms: float = float("nan")                   # the input model in eager PyTorch
     notes: list[str] = field(default_factory=list)
+    # from the same interleaved timing as latency_ms/eager_latency_ms: "eager"/"runtime" -> Timing.summary()
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    speedup_spread: Ratio | None = None                      # the speedup with its per-round quartiles
+    noisy: bool = False                                      # the timing was noisy: the speedup is no finding
+    latency_note: str = ""                                   # why ("" when quiet)
 
     @property
     def speedup(self) -> float:
-        """Eager latency / runtime latency."""
+        """Eager latency / runtime latency (medians of one interleaved timing)."""
         return self.eager_latency_ms / self.latency_ms
 
     def summary(self) -> dict[str, Any]:
-        """One row for a table."""
-        return {"format": self.format, "runtime": self.runtime, "path": str(self.path),
-                "file_bytes": self.file_bytes, "operators": sum(self.operators.values()),
-                "max_abs_diff": self.max_abs_diff, "latency_ms": self.latency_ms,
-                "eager_latency_ms": self.eager_latency_ms, "speedup": self.speedup}
+        """One row for a table (with latency: quartiles, timed calls, the speedup's quartiles and the noise flag)."""
+        row = {"format": self.format, "runtime": self.runtime, "path": str(self.path),
+               "file_bytes": self.file_bytes, "operators": sum(self.operators.values()),
+               "max_abs_diff": self.max_abs_diff, "latency_ms": self.latency_ms,
+               "eager_latency_ms": self.eager_latency_ms, "speedup": self.speedup}
+        if self.latency:
+            rt, eager, r = self.latency["runtime"], self.latency["eager"], self.speedup_spread
+            row.update({"latency_q1_ms": rt["q1_ms"], "latency_q3_ms": rt["q3_ms"],
+                        "eager_latency_q1_ms": eager["q1_ms"], "eager_latency_q3_ms": eager["q3_ms"],
+                        "latency_calls": rt["n"], "speedup_q1": r.q1, "speedup_q3": r.q3, "noisy": self.noisy,
+                        "latency_note": self.latency_note})
+        return row
 
     def __repr__(self) -> str:
+        lat = ""
+        if self.latency:
+            rt, eager = self.latency["runtime"], self.latency["eager"]
+            lat = (f", {self.runtime} {self.latency_ms:.3f} ms (IQR {rt['q1_ms']:.3g}-{rt['q3_ms']:.3g}) vs eager "
+                   f"{self.eager_latency_ms:.3f} ms (IQR {eager['q1_ms']:.3g}-{eager['q3_ms']:.3g}), speedup "
+                   f"{self.speedup_spread.describe()}" + (", NOISY" if self.noisy else ""))
+        elif self.latency_ms == self.latency_ms:
+            lat = f", {self.runtime} {self.latency_ms:.3f} ms vs eager {self.eager_latency_ms:.3f} ms"
+        note = f"\n{self.latency_note}" if self.latency_note else ""
         return (f"ExportResult({self.format} -> {self.path}, {self.file_bytes / 1e6:.2f} MB, "
-                f"{len(self.operators)} operator types, max_abs_diff={self.max_abs_diff:.2e}, "
-                f"{self.runtime} {self.latency_ms:.3f} ms vs eager {self.eager_latency_ms:.3f} ms)")
+                f"{len(self.operators)} operator types, max_abs_diff={self.max_abs_diff:.2e}{lat}){note}")
 
 
 # ---------------------------------------------------------------- the format registry
@@ -360,11 +380,14 @@ def _write(fmt: Format, work: nn.Module, inputs: Any, tmp: Path, options: Export
 
 
 def verify(result: ExportResult, model: nn.Module, inputs: Any, *, latency: bool = True, repeat: int = 20) -> None:
-    """Fill ``result`` with the runtime's max |diff| against eager and both latencies (interleaved timing)."""
+    """Fill ``result`` with the runtime's max |diff| against eager and both latencies (one interleaved timing,
+    ``repeat`` calls each in blocks of 3, after the runtime's first call has built its session)."""
     run = FORMATS[result.format].runner(result.path, inputs)
     with torch.no_grad():
         result.max_abs_diff = max_abs_diff(call(model, inputs), run())
         if latency:
-            timings = compare({"eager": lambda: call(model, inputs), "runtime": run}, repeat=repeat)
-            result.eager_latency_ms = timings["eager"].median_ms
-            result.latency_ms = timings["runtime"].median_ms
+            pair = compare_pair(lambda: call(model, inputs), run, names=("eager", "runtime"), repeat=repeat)
+            result.eager_latency_ms = pair.baseline.median_ms
+            result.latency_ms = pair.other.median_ms
+            result.latency, result.speedup_spread, result.noisy = pair.summaries(), pair.speedup, pair.noisy
+            result.latency_note = pair.note(f"{result.runtime} speedup over eager")

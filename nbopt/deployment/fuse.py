@@ -9,7 +9,7 @@ from torch import nn
 from ..inputs import call, channels_last, check_device, check_module, tensors_in
 from ..layers import drop_training_only, fold_batchnorm
 from ..model_state import working_copy
-from ..timing import compare
+from ..timing import Ratio, compare_pair
 
 
 
@@ -24,11 +24,23 @@ class FuseResult:
     method: str = "fx"                                            # how pairs were found: "fx" or "sequential"
     channels_last: bool = False
     latency_ms: dict[str, float] = field(default_factory=dict)   # measured when channels_last was asked
+    # from the same interleaved timing: "contiguous"/"channels_last" -> Timing.summary()
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    channels_last_speedup: Ratio | None = None  # contiguous / channels_last latency, with its per-round quartiles
+    noisy: bool = False                          # that timing was noisy: the ratio is not a finding
+    notes: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        lat = "".join(f", {k}={v:.3f} ms" for k, v in self.latency_ms.items())
+        lat = ""
+        for k, v in self.latency_ms.items():
+            t = self.latency.get(k)
+            lat += f", {k}={v:.3f} ms" + (f" (IQR {t['q1_ms']:.3g}-{t['q3_ms']:.3g}, n={t['n']})" if t else "")
+        if self.channels_last_speedup is not None:
+            lat += f", channels_last speedup {self.channels_last_speedup.describe()}"
+            lat += ", NOISY" if self.noisy else ""
+        notes = "".join(f"\n{n}" for n in self.notes)
         return (f"FuseResult(fused={len(self.fused)} pairs, removed={len(self.removed)}, "
-                f"max_abs_diff={self.max_abs_diff:.2e}, method={self.method!r}{lat})")
+                f"max_abs_diff={self.max_abs_diff:.2e}, method={self.method!r}{lat}){notes}")
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
@@ -53,7 +65,8 @@ def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,
     Pairs are found on a ``torch.fx`` trace (a BN is folded only when it is the sole consumer of the
     layer's output); models that cannot be traced fall back to adjacent layers inside ``nn.Sequential``.
     ``channels_last=True`` also converts the copy to NHWC and (``measure=True``) times both layouts,
-    interleaved (``result.latency_ms``). Conv+ReLU fusion is left to the runtimes (onnxruntime, XNNPACK) that do it.
+    in one interleaved timing (``result.latency_ms`` medians, ``result.latency`` quartiles and calls,
+    ``result.channels_last_speedup`` their ratio with its spread, ``result.noisy``). Conv+ReLU fusion is left to the runtimes (onnxruntime, XNNPACK) that do it.
     """
     check_module(model)
     check_device(model, example_inputs)
@@ -69,7 +82,13 @@ def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,
             nhwc_inputs = to_channels_last(fused_model, example_inputs)
             result.channels_last = True
             if measure:
-                timings = compare({"contiguous": lambda: call(contiguous, example_inputs),
-                                   "channels_last": lambda: call(fused_model, nhwc_inputs)}, repeat=repeat)
-                result.latency_ms = {k: t.median_ms for k, t in timings.items()}
+                pair = compare_pair(lambda: call(contiguous, example_inputs),
+                                    lambda: call(fused_model, nhwc_inputs), names=("contiguous", "channels_last"),
+                                    repeat=repeat)
+                result.latency_ms = {k: t.median_ms for k, t in pair.timings.items()}
+                result.latency, result.channels_last_speedup = pair.summaries(), pair.speedup
+                result.noisy = pair.noisy
+                note = pair.note("channels_last speedup")
+                if note:
+                    result.notes.append(note)
     return result

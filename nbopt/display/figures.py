@@ -6,11 +6,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import require
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, or an error naming the extra that installs it."""
+    return require("matplotlib.pyplot", extra="notebook", purpose="nbopt's figures", package="matplotlib")
+
 
 def _figure(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
     """``(fig, ax)``: a new figure, or the figure of the ``ax`` given."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if ax is None:
         return plt.subplots(figsize=figsize)
     return ax.figure, ax
@@ -18,8 +24,7 @@ def _figure(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
 
 def plot_profile(profile: Any, k: int = 10) -> Any:
     """Top layers by MACs beside top layers by latency: where FLOPs and time disagree."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     layers = profile.layers
     has_latency = profile.latency_ms is not None and layers["self_latency_ms"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_latency else 1, figsize=(12 if has_latency else 6, 0.35 * k + 1.5),
@@ -31,8 +36,16 @@ def plot_profile(profile: Any, k: int = 10) -> Any:
     if has_latency:
         by_lat = layers.sort_values("self_latency_ms", ascending=False).head(k)[::-1]
         axes[0][1].barh(by_lat.index, by_lat["self_latency_ms"], color="tab:orange")
-        axes[0][1].set_xlabel("ms (own, median)")
         axes[0][1].set_title(f"Top {k} layers by latency")
+        lo, hi = by_lat.get("self_latency_q1_ms"), by_lat.get("self_latency_q3_ms")
+        if lo is not None and hi is not None and lo.notna().any():
+            axes[0][1].errorbar(by_lat["self_latency_ms"], by_lat.index, fmt="none", ecolor="black", capsize=2,
+                                xerr=[(by_lat["self_latency_ms"] - lo).clip(lower=0).fillna(0),
+                                      (hi - by_lat["self_latency_ms"]).clip(lower=0).fillna(0)])
+        unreliable = profile.ranking_note(k) if hasattr(profile, "ranking_note") else ""
+        axes[0][1].set_xlabel("ms (own, median; bars: IQR)" +
+                              ("\nranking unreliable: see Profile.ranking_note()" if unreliable else ""),
+                              color="tab:red" if unreliable else None)
     fig.tight_layout()
     return fig
 
@@ -41,25 +54,40 @@ def plot_threads(df: pd.DataFrame, ax: Any = None) -> Any:
     """Latency (bars) and speedup (line) per thread count from :func:`nbopt.threads_sweep`; returns the figure."""
     fig, ax = _figure(ax, (5, 3))
     labels = df["threads"].astype(str)
-    ax.bar(labels, df["latency_ms"], color="tab:blue")
+    ax.bar(labels, df["latency_ms"], color="tab:blue", yerr=_iqr_err(df, "latency"), capsize=3)
     ax.set_xlabel("threads")
-    ax.set_ylabel("latency (ms, median)")
+    ax.set_ylabel("latency (ms, median; bars: IQR)")
     twin = ax.twinx()
-    twin.plot(labels, df["speedup"], color="tab:orange", marker="o")
+    twin.errorbar(labels, df["speedup"], yerr=_iqr_err(df, "speedup", suffix=""), color="tab:orange",
+                  marker="o", capsize=3)
     twin.set_ylabel("speedup vs first", color="tab:orange")
     ax.set_title("latency per thread count")
     fig.tight_layout()
     return fig
 
 
+def _iqr_err(df: pd.DataFrame, prefix: str, suffix: str = "_ms") -> Any:
+    """Asymmetric error bars (median to q1, q3 to median) from ``<prefix>_q1<suffix>``/``_q3`` columns, or
+    None when the table has no quartiles."""
+    q1, q3, mid = f"{prefix}_q1{suffix}", f"{prefix}_q3{suffix}", f"{prefix}{suffix}"
+    if q1 not in df or q3 not in df:
+        return None
+    lo = (df[mid] - df[q1]).clip(lower=0).fillna(0).to_numpy(dtype=float)
+    hi = (df[q3] - df[mid]).clip(lower=0).fillna(0).to_numpy(dtype=float)
+    return np.vstack([lo, hi])
+
+
 def plot_pipeline(table: pd.DataFrame, ax: Any = None) -> Any:
     """Latency per step of :func:`nbopt.optimize` with the speedup over the original written on each bar."""
     done = table[table["status"] == "done"]
     fig, ax = _figure(ax, (6, 3))
-    bars = ax.bar(done.index.astype(str), done["latency_ms"], color="tab:green")
-    for bar, s in zip(bars, done["speedup"]):
-        ax.annotate(f"{s:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-    ax.set_ylabel("latency (ms, median)")
+    bars = ax.bar(done.index.astype(str), done["latency_ms"], color="tab:green", yerr=_iqr_err(done, "latency"),
+                  capsize=3)
+    noisy = done["noisy"] if "noisy" in done else [False] * len(done)
+    for bar, s, flag in zip(bars, done["speedup"], noisy):
+        label = f"{s:.1f}x" + ("?" if flag == 1 else "")  # "?": the ratio of a noisy row
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    ax.set_ylabel("latency (ms, median; bars: IQR)")
     ax.set_title("optimize: latency per step")
     fig.tight_layout()
     return fig
@@ -102,8 +130,7 @@ def plot_sensitivity(df: pd.DataFrame, value: str = "drop", ax: Any = None) -> A
 
 def plot_bars(df: pd.DataFrame, column: str, title: str) -> Any:
     """Horizontal bars of one column of ``df``, first row on top (the ProfilePanel's plot)."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = df[column].fillna(0)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(rows), 3) + 1.2))
     ax.barh([str(i) for i in rows.index], rows.values, color="tab:orange" if "latency" in column else "tab:blue")
@@ -116,8 +143,7 @@ def plot_bars(df: pd.DataFrame, column: str, title: str) -> Any:
 def plot_accuracy_history(history: pd.DataFrame, current: tuple[str, float, float] | None) -> Any:
     """Accuracy vs sparsity for every setting explored so far, one line per mode, ``current`` (mode, sparsity,
     accuracy) marked with a star (the PruningPanel's plot)."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for mode, rows in history.groupby("mode"):
         rows = rows.sort_values("sparsity")

@@ -1,4 +1,4 @@
-"""Profile tables for notebooks (HTML) and terminals (text): totals, uncounted ops, the rows shown."""
+"""Profile tables for notebooks (HTML) and terminals (text): totals, uncounted ops, latency notes, the rows shown."""
 from __future__ import annotations
 
 import html
@@ -9,16 +9,23 @@ import pandas as pd
 from .format import format_table, readable
 
 VIEWS = ("layer", "type")  # the ``by=`` of :func:`view` (and of the magic's and the CLI's --by)
-SHOWN = ["type", "out_shape", "params", "macs", "flops", "share", "latency_ms", "self_latency_ms", "out_bytes",
-         "gflops_per_s"]
+SHOWN = ["type", "out_shape", "params", "macs", "flops", "share", "latency_ms", "self_latency_ms",
+         "self_latency_iqr_ms", "out_bytes", "gflops_per_s"]
 
 
 def summary_line(profile: Any) -> str:
-    """One line of totals, e.g. ``params 11.69M · MACs 1.82G · FLOPs 3.65G · latency 21.3 ms``."""
+    """One line of totals, e.g. ``params 11.69M · MACs 1.82G · FLOPs 3.65G · latency 21.300 ms (median, IQR
+    21.0-21.9, n=20)``."""
     parts = [f"params {readable(profile.total_params)}", f"MACs {readable(profile.total_macs)}",
              f"FLOPs {readable(profile.total_flops)}"]
     if profile.latency_ms is not None:
-        parts.append(f"latency {profile.latency_ms:.3f} ms (median)")
+        t = getattr(profile, "timing", None)
+        spread = f", IQR {t.q1_ms:.3g}-{t.q3_ms:.3g}, n={t.n}" if t is not None else ""
+        noisy = ", noisy" if getattr(profile, "noisy", False) else ""
+        parts.append(f"latency {profile.latency_ms:.3f} ms (median{spread}{noisy})")
+        accounted = getattr(profile, "latency_accounted", None)
+        if accounted is not None:
+            parts.append(f"layers account for {100 * accounted:.0f}%")
     parts.append(f"inputs {profile.inputs}")
     return " · ".join(parts)
 
@@ -30,6 +37,27 @@ def uncounted_line(profile: Any) -> str:
     ops = ", ".join(f"{k} x{v}" for k, v in sorted(profile.uncounted.items()))
     return (f"uncounted ops (no formula; register one with nbopt.register_formula): {ops} "
             f"(coverage {100 * profile.coverage:.1f}% of arithmetic op calls)")
+
+
+def latency_notes(profile: Any) -> list[str]:
+    """Noisy or unaccounted latency, and an unreliable latency ranking (empty without latency)."""
+    if getattr(profile, "latency_ms", None) is None or not hasattr(profile, "latency_notes"):
+        return []
+    ranking = profile.ranking_note()
+    return profile.latency_notes() + ([ranking] if ranking else [])
+
+
+def notes(profile: Any) -> list[str]:
+    """Every note a front-end shows under the totals: uncounted ops, then :func:`latency_notes`."""
+    return ([uncounted_line(profile)] if uncounted_line(profile) else []) + latency_notes(profile)
+
+
+def notes_html(profile: Any) -> str:
+    """:func:`notes` as HTML paragraphs; latency warnings are marked so they are not read as findings."""
+    plain = [f"<p>{html.escape(uncounted_line(profile))}</p>"] if uncounted_line(profile) else []
+    marked = [f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(x)}</p>"
+              for x in latency_notes(profile)]
+    return "".join(plain + marked)
 
 
 def view(profile: Any, *, top: int | None = None, by: str = "layer", depth: int | None = None,
@@ -47,22 +75,24 @@ def view(profile: Any, *, top: int | None = None, by: str = "layer", depth: int 
 
 
 def shown_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a front-end shows; ``self_latency_iqr_ms`` is the spread (q3 - q1) of ``self_latency_ms``."""
+    if "self_latency_q1_ms" in df.columns and "self_latency_iqr_ms" not in df.columns:
+        df = df.assign(self_latency_iqr_ms=df["self_latency_q3_ms"] - df["self_latency_q1_ms"])
+    if "self_latency_iqr_ms" in df.columns and df["self_latency_iqr_ms"].isna().all():
+        df = df.drop(columns="self_latency_iqr_ms")
     cols = [c for c in SHOWN if c in df.columns] if "out_shape" in df.columns else list(df.columns)
     return df[cols]
 
 
 def profile_html(profile: Any, **view_options: Any) -> str:
-    """HTML for notebooks: the totals, any uncounted ops, and the per-layer table in readable units."""
+    """HTML for notebooks: the totals, any uncounted ops and latency notes, and the per-layer table in readable
+    units."""
     df = format_table(shown_columns(view(profile, **view_options)))
-    notes = "".join(f"<p>{html.escape(x)}</p>" for x in (uncounted_line(profile),) if x)
-    return (f"<div class='nbopt-profile'><p><b>{html.escape(summary_line(profile))}</b></p>{notes}"
+    return (f"<div class='nbopt-profile'><p><b>{html.escape(summary_line(profile))}</b></p>{notes_html(profile)}"
             f"{df.to_html(escape=True)}</div>")
 
 
 def profile_text(profile: Any, **view_options: Any) -> str:
     """Plain text for terminals and CI logs."""
     df = format_table(shown_columns(view(profile, **view_options)))
-    lines = [summary_line(profile), df.to_string()]
-    if uncounted_line(profile):
-        lines.append(uncounted_line(profile))
-    return "\n".join(lines)
+    return "\n".join([summary_line(profile), df.to_string(), *notes(profile)])

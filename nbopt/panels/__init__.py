@@ -11,7 +11,11 @@ the notebook cursor there; PageUp/PageDown/Home/End and the mouse move the slide
 """
 from __future__ import annotations
 
-from .profile import ProfilePanel
+from ..errors import require
+
+require("ipywidgets", extra="notebook", purpose="nbopt's panels")  # a clear error on a core-only install
+
+from .profile import ProfilePanel  # noqa: E402
 
 __all__ = ["ProfilePanel", "PruningPanel", "QuantizationPanel"]
 

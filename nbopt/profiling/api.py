@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Callable, Mapping
 
 import pandas as pd
@@ -22,10 +23,10 @@ from .attribution import ModuleNames
 from .aten_engine import count_aten
 from .counter import OpCounter
 from .formulas import FORMULAS
-from .latency import measure_latency
+from .latency import Latency, measure_latency
 from .result import Profile
 from .table import build_table
-from .thop_engine import check_op_types, count_thop, rule_tracker
+from .thop_engine import CUSTOM_OPS_SCOPES, check_op_types, count_thop, rule_tracker
 
 ENGINES = ("aten", "thop")
 EXECUTIONS = ("auto", "real", "meta")
@@ -42,10 +43,17 @@ def _check_repeat(repeat: int | None) -> None:
         raise NboptError(f"repeat must be at least 1, got {repeat}")
 
 
+def _latency_fields(lat: Latency | None) -> dict[str, Any]:
+    """The Profile's latency fields: the whole-model median, its samples and the machine's load."""
+    if lat is None:
+        return {"latency_ms": None}
+    return {"latency_ms": lat.median_ms, "timing": lat.whole, "load": lat.load}
+
+
 def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str = "aten",
             custom_ops: Mapping[type, Callable] | None = None, ignore_ops: Any = None,
             warmup: int = 2, repeat: int | None = None, execution: str = "auto",
-            formulas: FormulaMap | None = None) -> Profile:
+            formulas: FormulaMap | None = None, custom_ops_scope: str = "own") -> Profile:
     """Profile ``model`` on ``inputs``: one row per module with params, MACs, FLOPs, latency and memory.
 
     The model is run in eval mode under ``no_grad`` and left exactly as it was.
@@ -57,8 +65,13 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
         engine: ``"aten"`` counts at the ATen dispatch level (complete: functional ops, attention,
             einsum, interpolation, RNNs); ``"thop"`` reports thop's own numbers (positional inputs only).
         custom_ops: ``{ModuleType: rule(module, inputs, output)}``, thop-style rules that add MACs to
-            ``module.total_ops``; they replace the count of those modules (both engines).
-        ignore_ops: module types whose counts are dropped (both engines).
+            ``module.total_ops`` (FLOPs = 2 x MACs), found through the class hierarchy as thop does. As in thop,
+            a rule replaces what the module computes itself and its submodules are counted as usual: a rule
+            on a leaf (``nn.Conv2d``) replaces its count, a rule on a container is added to its children's
+            counts (both engines; see ``custom_ops_scope``).
+        ignore_ops: module types whose counts are dropped, with everything inside them (both engines).
+        custom_ops_scope: ``"own"`` (default, thop's semantics, above) or ``"subtree"``: a rule is the whole
+            count of its module, children included (``engine="aten"`` only).
         warmup: untimed forwards before timing (``latency=True``).
         repeat: timed forwards whose median is reported; ``None`` picks a count that fits about a second.
         execution: ``"auto"`` counts on meta tensors when only shapes are needed (no latency), falling
@@ -73,6 +86,10 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
     _check_repeat(repeat)
     custom = check_op_types(custom_ops, "custom_ops")
     ignore = check_op_types(ignore_ops, "ignore_ops")
+    _check_choice(custom_ops_scope, CUSTOM_OPS_SCOPES, "custom_ops_scope")
+    if engine == "thop" and custom_ops_scope != "own":
+        raise NboptError("custom_ops_scope='subtree' needs engine='aten'; thop adds a rule to its module's "
+                         "children (custom_ops_scope='own')")
     registry = FORMULAS.overlay(formulas)
     args, kwargs = as_args(inputs)
     check_device(model, inputs)
@@ -89,15 +106,16 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
     else:
         if execution == "auto" and latency:
             execution = "real"
-        tracker, counter, used = count_aten(model, args, kwargs, names, custom, ignore, execution, registry)
+        tracker, counter, used = count_aten(model, args, kwargs, names, custom, ignore, execution, registry,
+                                            custom_ops_scope)
         own_macs = own_flops = None
-    total_ms, per_module = None, None
+    lat = None
     if latency:
         run = lambda: call(model, inputs)  # noqa: E731 - a failure is a ForwardError too
         with preserved(model, eval_mode=True):
-            total_ms, per_module = measure_latency(run, names, warmup, repeat, model_device(model))
-    table = build_table(names, tracker, own_macs, own_flops, per_module)
-    return Profile.from_table(table, latency_ms=total_ms, uncounted=dict(counter.uncounted) if counter else {},
+            lat = measure_latency(run, names, warmup, repeat, model_device(model))
+    table = build_table(names, tracker, own_macs, own_flops, lat.modules if lat else None)
+    return Profile.from_table(table, **_latency_fields(lat), uncounted=dict(counter.uncounted) if counter else {},
                               coverage=counter.coverage if counter else 1.0, engine=engine, execution=used,
                               inputs=describe_shapes(inputs))
 
@@ -105,16 +123,18 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
 def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str | None],
                  latency: bool = True, custom_ops: Mapping[type, Callable] | None = None,
                  ignore_ops: Any = None, warmup: int = 2, repeat: int | None = None,
-                 formulas: FormulaMap | None = None) -> tuple[Profile, Any]:
+                 formulas: FormulaMap | None = None, custom_ops_scope: str = "own") -> tuple[Profile, Any]:
     """Profile every ``nn.Module`` forward that ``run()`` performs (the cell magic's core).
 
     ``name_for(module)`` names each model that starts running at top level (``None`` skips it). ``run`` is
     executed once, as it is (its value is returned); latency replays the recorded model calls in eval mode.
-    ``custom_ops``, ``ignore_ops``, ``warmup``, ``repeat`` and ``formulas`` are as in :func:`profile`.
+    ``custom_ops``, ``ignore_ops``, ``custom_ops_scope``, ``warmup``, ``repeat`` and ``formulas`` are as in
+    :func:`profile`.
     """
     _check_repeat(repeat)
     custom = check_op_types(custom_ops, "custom_ops")
     ignore = check_op_types(ignore_ops, "ignore_ops")
+    _check_choice(custom_ops_scope, CUSTOM_OPS_SCOPES, "custom_ops_scope")
     registry = FORMULAS.overlay(formulas)
     names = ModuleNames()
     roots: list[tuple[nn.Module, str]] = []
@@ -125,14 +145,14 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
             roots.append((module, prefix))
         return prefix
 
-    tracker = rule_tracker(names, custom, ignore, on_new_root)
+    tracker = rule_tracker(names, custom, ignore, on_new_root, custom_ops_scope)
     tracker.record_root_calls = True
     counter = OpCounter(tracker, formulas=registry)
     with tracker.active(), counter:
         value = run()
     if not roots:
         raise NboptError("the code ran no torch.nn.Module; call a model in it, e.g. `model(x)`")
-    total_ms, per_module = None, None
+    lat = None
     if latency and tracker.root_calls:
         calls = list(tracker.root_calls)
 
@@ -143,10 +163,10 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
         with contextlib.ExitStack() as stack:
             for m, _ in roots:
                 stack.enter_context(preserved(m, eval_mode=True))
-            total_ms, per_module = measure_latency(replay, names, warmup, repeat, model_device(roots[0][0]))
-    table = build_table(names, tracker, latencies=per_module)
+            lat = measure_latency(replay, names, warmup, repeat, model_device(roots[0][0]))
+    table = build_table(names, tracker, latencies=lat.modules if lat else None)
     shapes = "; ".join(describe_shapes((a, kw) if kw else a) for _, a, kw in tracker.root_calls[:3])
-    prof = Profile.from_table(table, latency_ms=total_ms, uncounted=dict(counter.uncounted),
+    prof = Profile.from_table(table, **_latency_fields(lat), uncounted=dict(counter.uncounted),
                               coverage=counter.coverage, engine="aten", execution="real", inputs=shapes)
     return prof, value
 
@@ -155,8 +175,14 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
             repeat: int = 10) -> pd.DataFrame:
     """Several model variants side by side on the same inputs: params, MACs, FLOPs, latency, size.
 
-    Latencies are measured interleaved (A, B, A, B ...) so machine load affects all alike. Ratio columns
-    (``*_vs_first``) divide each row by the first row.
+    Latencies are measured once, interleaved (A, B, A, B ...) so machine load affects all alike:
+    ``latency_ms`` is each model's median, ``latency_q1_ms``/``latency_q3_ms`` its quartiles over
+    ``latency_calls`` timed calls. Ratio columns (``*_vs_first``) divide each row by the first row; for latency
+    they come from :func:`nbopt.timing.ratio` of that same measurement, with the quartiles of the per-round
+    ratios in ``latency_ms_vs_first_q1``/``_q3``, and ``speedup_vs_first`` is its inverse ratio (first / row).
+    ``df.attrs`` keeps the ``timings`` and the speed-up ``ratios`` (:class:`~nbopt.timing.Ratio`), the
+    machine's ``load``, ``noisy`` (a spread above :data:`~nbopt.timing.NOISY_SPREAD` or a busy machine) and a
+    ``note`` saying so; a noisy measurement also warns (:class:`~nbopt.timing.NoisyTimingWarning`).
     """
     if not isinstance(models, Mapping) or not models:
         raise InputTypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
@@ -175,9 +201,30 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
             for m in models.values():
                 stack.enter_context(preserved(m, eval_mode=True))
             timings = timing.compare(fns, warmup=warmup, repeat=repeat)
-        df["latency_ms"] = [timings[n].median_ms for n in df.index]
+        load = timing.machine_load()
     first = df.iloc[0]
-    for col in [c for c in ("params", "macs", "flops", "latency_ms", "size_bytes") if c in df]:
+    for col in [c for c in ("params", "macs", "flops", "size_bytes") if c in df]:
         df[f"{col}_vs_first"] = df[col] / first[col] if first[col] else math.nan
+    if latency:
+        _latency_columns(df, timings, load)
     df.index.name = "model"
     return df
+
+
+def _latency_columns(df: pd.DataFrame, timings: Mapping[str, timing.Timing], load: timing.MachineLoad) -> None:
+    """compare()'s latency columns and attrs, all from one interleaved measurement (``timings``)."""
+    base = timings[df.index[0]]
+    slower = {n: timing.ratio(timings[n], base) for n in df.index}   # row / first, per round
+    faster = {n: timing.ratio(base, timings[n]) for n in df.index}   # first / row: the speed-up
+    df["latency_ms"] = [timings[n].median_ms for n in df.index]
+    df["latency_q1_ms"] = [timings[n].q1_ms for n in df.index]
+    df["latency_q3_ms"] = [timings[n].q3_ms for n in df.index]
+    df["latency_calls"] = [timings[n].n for n in df.index]
+    df["latency_ms_vs_first"] = [slower[n].value for n in df.index]
+    df["latency_ms_vs_first_q1"] = [slower[n].q1 for n in df.index]
+    df["latency_ms_vs_first_q3"] = [slower[n].q3 for n in df.index]
+    df["speedup_vs_first"] = [faster[n].value for n in df.index]
+    df.attrs.update(timings=dict(timings), ratios=faster, load=load, noisy=timing.is_noisy(timings, load),
+                    note=timing.noise_note(timings, load))
+    if df.attrs["note"]:
+        warnings.warn(f"compare(): {df.attrs['note']}", timing.NoisyTimingWarning, stacklevel=3)

@@ -80,18 +80,18 @@ def _meta_failure(model: nn.Module, args: tuple, kwargs: dict, names: ModuleName
 
 
 def count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
-               ignore_ops: tuple, execution: str, formulas: FormulaRegistry
+               ignore_ops: tuple, execution: str, formulas: FormulaRegistry, custom_ops_scope: str = "own"
                ) -> tuple[ModuleTracker, OpCounter, str]:
     """Count one forward: ``execution`` ``"meta"``, ``"real"`` or ``"auto"`` (meta, falling back to real).
 
     Returns the tracker (per-module stats), the counter (uncounted ops, coverage) and the execution used.
     """
     if execution in ("auto", "meta"):
-        tracker = rule_tracker(names, custom_ops, ignore_ops)
+        tracker = rule_tracker(names, custom_ops, ignore_ops, custom_ops_scope=custom_ops_scope)
         try:
             return tracker, _run_counted(model, args, kwargs, tracker, True, formulas), "meta"
         except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
             if execution == "meta":
                 raise _meta_failure(model, args, kwargs, names, exc, tracker.failed_at(exc)) from None
-    tracker = rule_tracker(names, custom_ops, ignore_ops)
+    tracker = rule_tracker(names, custom_ops, ignore_ops, custom_ops_scope=custom_ops_scope)
     return tracker, _run_counted(model, args, kwargs, tracker, False, formulas), "real"

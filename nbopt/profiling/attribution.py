@@ -101,14 +101,18 @@ class ModuleTracker:
     ``on_new_root(module) -> prefix | None`` is asked about modules that start running while no module is
     on the stack and that are not known yet (the cell magic discovers models that way); ``None`` means
     "don't track it".
+
+    Ops that run inside a module of ``suppress_types`` (its children included) are not counted; ops that run in
+    the forward of an ``own_types`` module itself, outside its children, are not counted (its children are).
     """
 
     def __init__(self, names: ModuleNames, *, on_new_root: Callable[[nn.Module], str | None] | None = None,
-                 suppress_types: tuple[type, ...] = (),
+                 suppress_types: tuple[type, ...] = (), own_types: tuple[type, ...] = (),
                  on_exit: Callable[[nn.Module, "ModuleStats", tuple, Any], None] | None = None) -> None:
         self.names = names
         self.on_new_root = on_new_root
         self.suppress_types = suppress_types
+        self.own_types = own_types
         self.on_exit = on_exit
         self.stack: list[tuple[nn.Module, str, bool]] = []
         self.stats: dict[str, ModuleStats] = {}
@@ -133,6 +137,8 @@ class ModuleTracker:
     def add(self, macs: int, flops: int) -> None:
         if self.suppressed:
             return
+        if self.own_types and self.stack and self.stack[-1][2] and isinstance(self.stack[-1][0], self.own_types):
+            return  # the module's own op: its custom_ops rule counts it
         st = self.stats_for(self.current)
         st.macs += macs
         st.flops += flops

@@ -31,6 +31,13 @@ _FLOAT_INPUT = {aten.native_batch_norm, aten._native_batch_norm_legit, aten._nat
 
 FREE, FORMULA, DECOMPOSE, UNCOUNTED = "free", "formula", "decompose", "uncounted"
 
+# Bias adds are not counted (as in torch.utils.flop_counter and torchvision): addmm and convolution leave the
+# bias out, and so does a linear layer that ATen runs as a matrix product followed by an ``add`` of its bias
+# (``F.linear`` on a non-contiguous or >3-D input, the in-projections of attention, ``x @ w.T + b``). Products
+# whose output is tracked, and the adds that are a bias add when they add a vector along its last dimension:
+_PRODUCTS = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.mv, aten.addmv, aten.dot}
+_ADDS = {aten.add, aten.add_}
+
 
 class _Plan(NamedTuple):
     """What to do with one op overload: ``kind``; for DECOMPOSE, ``fallback`` when it will not decompose."""
@@ -41,6 +48,7 @@ class _Plan(NamedTuple):
     fallback: "_Plan | None" = None
     dtype_rule: str | None = None
     fast: Callable[[tuple, dict], Any] | None = None  # quick output on meta tensors
+    role: str | None = None  # "product" (output tracked), "add" (maybe a bias add) or "view" (follows outputs)
 
 
 def _has_composite(func: Any) -> bool:
@@ -61,12 +69,34 @@ def _run_plan(func: Any, formulas: FormulaRegistry) -> _Plan:
     return _Plan(UNCOUNTED, None, str(packet))
 
 
+def _role(func: Any, kind: str) -> str | None:
+    packet = func.overloadpacket
+    if packet in _PRODUCTS:
+        return "product"
+    if packet in _ADDS and func._overloadname == "Tensor":
+        return "add"
+    if kind == FREE:
+        return "view"
+    return None
+
+
 def make_plan(func: Any, formulas: FormulaRegistry = FORMULAS) -> _Plan:
     """Composite ops without a formula are decomposed (their parts are counted); the rest run as themselves."""
     plan = _run_plan(func, formulas)
     if plan.kind != FREE and func.overloadpacket not in formulas and _has_composite(func):
-        return _Plan(DECOMPOSE, None, plan.name, fallback=plan)
-    return plan
+        return _Plan(DECOMPOSE, None, plan.name, fallback=plan._replace(role=_role(func, plan.kind)))
+    return plan._replace(role=_role(func, plan.kind))
+
+
+def _is_bias_add(product: Any, args: tuple, kwargs: dict) -> bool:
+    """``product + b`` (either order) with ``b`` a vector along the product's last dimension, alpha 1."""
+    if len(args) < 2 or kwargs.get("alpha", 1) != 1:
+        return False
+    a, b = args[0], args[1]
+    if b is product:
+        a, b = b, a
+    return (a is product and isinstance(b, torch.Tensor) and b.dim() == 1 and a.dim() >= 1
+            and b.shape[0] == a.shape[-1])
 
 
 def check_dtypes(plan: _Plan, args: tuple) -> None:
@@ -98,6 +128,7 @@ class OpCounter(TorchDispatchMode):
         self.counted_calls = 0
         self._plans: dict[Any, _Plan] = {}
         self._plans_version = self.formulas.version
+        self._product: torch.Tensor | None = None  # the output of the last matrix product (or a view of it)
 
     def _plan(self, func: Any) -> _Plan:
         version = self.formulas.version
@@ -127,13 +158,20 @@ class OpCounter(TorchDispatchMode):
         if out is NotImplemented:
             out = func(*args, **kwargs)
         if plan.kind == FREE:
+            if plan.role == "view" and self._product is not None and args and args[0] is self._product:
+                self._product = out  # a view or reshape of the product: a bias add may follow on it
             return out
         if plan.kind == UNCOUNTED:
             self.uncounted[plan.name] += 1
             return out
+        if plan.role == "add" and self._product is not None and _is_bias_add(self._product, args, kwargs):
+            self._product = None
+            return out  # a linear layer's bias add: not counted (see _PRODUCTS)
         cost = plan.count(args, kwargs, out)
         self.counted_calls += 1
         self.tracker.add(cost.macs, cost.flops)
+        if plan.role == "product":
+            self._product = out
         return out
 
     @property

@@ -1,4 +1,4 @@
-"""The per-module profile table: own and inclusive counts, latency, activation memory, intensity."""
+"""The per-module profile table: own and inclusive counts, latency with its spread, activation memory, intensity."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 
 from ..layers import ROOT
+from ..timing import ModuleTimings
 from .attribution import OUTSIDE, ModuleNames, ModuleStats, ModuleTracker
 
 COLUMNS = ["type", "depth", "calls", "in_shape", "out_shape", "params", "macs", "flops", "share",
-           "latency_ms", "self_latency_ms", "out_bytes", "intensity", "gflops_per_s", "params_total",
+           "latency_ms", "self_latency_ms", "latency_q1_ms", "latency_q3_ms", "self_latency_q1_ms",
+           "self_latency_q3_ms", "latency_calls", "out_bytes", "intensity", "gflops_per_s", "params_total",
            "macs_total", "flops_total"]
 
 
@@ -44,12 +46,35 @@ def _fmt_shapes(shapes: list) -> str:
 
 
 def _self_latency(rows: list[str], ancestors: list[list[str]], lat: Mapping[str, float]) -> list[float]:
-    """Each module's latency minus that of its nearest enclosing rows (NaN where not measured)."""
+    """Each module's latency minus that of its nearest enclosing rows, at least 0 (NaN where not measured).
+
+    Only for plain medians; :class:`~nbopt.timing.ModuleTimings` carry own times measured directly.
+    """
     child_lat = dict.fromkeys(rows, 0.0)
     for n, ups in zip(rows, ancestors):
         if ups and n in lat:
             child_lat[ups[0]] += lat[n]
-    return [lat[n] - child_lat[n] if n in lat else math.nan for n in rows]
+    return [max(0.0, lat[n] - child_lat[n]) if n in lat else math.nan for n in rows]
+
+
+def _latency_columns(cols: dict[str, Any], rows: list[str], ancestors: list[list[str]],
+                     latencies: ModuleTimings | Mapping[str, float] | None) -> None:
+    """``latency_ms`` / ``self_latency_ms`` (medians over the timed calls), their quartiles and call count."""
+    nan = np.full(len(rows), math.nan)
+    if isinstance(latencies, ModuleTimings):
+        inc, own = latencies.inclusive, latencies.own
+        for col, source, stat in (("latency_ms", inc, "median_ms"), ("latency_q1_ms", inc, "q1_ms"),
+                                  ("latency_q3_ms", inc, "q3_ms"), ("self_latency_ms", own, "median_ms"),
+                                  ("self_latency_q1_ms", own, "q1_ms"), ("self_latency_q3_ms", own, "q3_ms")):
+            cols[col] = np.array([getattr(source[n], stat) if n in source else math.nan for n in rows], dtype=float)
+        cols["latency_calls"] = [inc[n].n if n in inc else 0 for n in rows]
+        return
+    lat = latencies or {}
+    cols["latency_ms"] = np.array([lat.get(n, math.nan) for n in rows], dtype=float)
+    cols["self_latency_ms"] = np.array(_self_latency(rows, ancestors, lat), dtype=float)
+    for col in ("latency_q1_ms", "latency_q3_ms", "self_latency_q1_ms", "self_latency_q3_ms"):
+        cols[col] = nan.copy()
+    cols["latency_calls"] = [0] * len(rows)
 
 
 def _intensity_and_throughput(cols: dict[str, Any], st: list[ModuleStats | None]) -> None:
@@ -63,12 +88,13 @@ def _intensity_and_throughput(cols: dict[str, Any], st: list[ModuleStats | None]
 
 
 def build_table(names: ModuleNames, tracker: ModuleTracker | None, own_macs: Mapping[str, float] | None = None,
-                own_flops: Mapping[str, float] | None = None, latencies: Mapping[str, float] | None = None
-                ) -> pd.DataFrame:
+                own_flops: Mapping[str, float] | None = None,
+                latencies: ModuleTimings | Mapping[str, float] | None = None) -> pd.DataFrame:
     """Assemble the per-module DataFrame (:data:`COLUMNS`), one row per module, indexed by name.
 
     Counts come from ``tracker`` unless ``own_macs``/``own_flops`` are given (thop's numbers);
-    ``latencies`` are inclusive per-module milliseconds.
+    ``latencies`` are per-module timings (:class:`~nbopt.timing.ModuleTimings`: medians, quartiles and the
+    number of timed calls of inclusive and own time), or plain inclusive medians in milliseconds.
     """
     types, params = names.types, names.params
     stats = tracker.stats if tracker is not None else {}
@@ -94,9 +120,7 @@ def build_table(names: ModuleNames, tracker: ModuleTracker | None, own_macs: Map
     total_macs = sum(cols["macs"])
     macs = np.asarray(cols["macs"], dtype=np.int64)
     cols["share"] = macs / total_macs if total_macs else np.zeros(len(rows))
-    lat = latencies or {}
-    cols["latency_ms"] = np.array([lat.get(n, math.nan) for n in rows], dtype=float)
-    cols["self_latency_ms"] = _self_latency(rows, ancestors, lat)
+    _latency_columns(cols, rows, ancestors, latencies)
     cols["out_bytes"] = [s.out_bytes if s else 0 for s in st]
     _intensity_and_throughput(cols, st)
     df = pd.DataFrame(cols, index=pd.Index(rows, name="module"))

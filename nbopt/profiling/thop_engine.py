@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from thop import clever_format  # re-exported for users who know thop (a core dependency)
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ..errors import InputTypeError, NboptError
 from ..inputs import call
@@ -20,7 +21,7 @@ from ..model_state import preserved, working_copy
 from .attribution import ModuleNames, ModuleTracker
 
 __all__ = ["clever_format", "check_op_types", "rule_tracker", "count_thop", "thop_layer_macs",
-           "self_from_inclusive"]
+           "self_from_inclusive", "rule_for", "CUSTOM_OPS_SCOPES"]
 
 
 class _ThopProxy:
@@ -36,14 +37,26 @@ class _ThopProxy:
         self.__dict__[name] = value
 
 
+CUSTOM_OPS_SCOPES = ("own", "subtree")
+
+
+def rule_for(module: nn.Module, custom_ops: Mapping[type, Callable]) -> Callable | None:
+    """The ``custom_ops`` rule of ``module``: its class's, else the nearest base class's (as thop resolves)."""
+    for t in type(module).__mro__:
+        if t in custom_ops:
+            return custom_ops[t]
+    return None
+
+
 def _custom_rule_exit(custom_ops: Mapping[type, Callable], tracker_ref: list[ModuleTracker]) -> Callable:
     """A tracker ``on_exit`` hook that runs the module's thop rule and adds its MACs (and 2x FLOPs)."""
     def on_exit(module: nn.Module, st: Any, args: tuple, output: Any) -> None:
-        rule = custom_ops.get(type(module))
+        rule = rule_for(module, custom_ops) if custom_ops else None
         if rule is None or tracker_ref[0].suppressed:
             return
         proxy = _ThopProxy(module)
-        rule(proxy, args, output)
+        with _disable_current_modes():  # the rule's own tensor arithmetic is not the model's
+            rule(proxy, args, output)
         macs = int(float(proxy.total_ops))
         st.macs += macs
         st.flops += 2 * macs
@@ -64,11 +77,22 @@ def check_op_types(ops: Any, what: str) -> dict | tuple:
 
 
 def rule_tracker(names: ModuleNames, custom_ops: dict, ignore_ops: tuple,
-                 on_new_root: Callable[[nn.Module], str | None] | None = None) -> ModuleTracker:
-    """A :class:`ModuleTracker` whose ``custom_ops`` modules count by their rule and ``ignore_ops`` count 0."""
+                 on_new_root: Callable[[nn.Module], str | None] | None = None,
+                 custom_ops_scope: str = "own") -> ModuleTracker:
+    """A :class:`ModuleTracker` whose ``custom_ops`` modules count by their rule and ``ignore_ops`` count 0.
+
+    ``custom_ops_scope="own"`` (thop's semantics): a rule replaces the ops the module runs itself and its
+    submodules are counted as usual, so a rule on a container adds to its children's counts (and a rule on a
+    leaf such as ``nn.Conv2d`` replaces its count). ``"subtree"``: the rule is the count of the module and
+    everything inside it. ``ignore_ops`` modules count 0 with everything inside them.
+    """
+    if custom_ops_scope not in CUSTOM_OPS_SCOPES:
+        raise NboptError(f"unknown custom_ops_scope {custom_ops_scope!r}; use one of {CUSTOM_OPS_SCOPES}")
     ref: list[ModuleTracker] = []
-    tracker = ModuleTracker(names, on_new_root=on_new_root, suppress_types=tuple(custom_ops) + ignore_ops,
-                            on_exit=_custom_rule_exit(custom_ops, ref) if custom_ops else None)
+    rules = tuple(custom_ops)
+    own, whole = (rules, ()) if custom_ops_scope == "own" else ((), rules)
+    tracker = ModuleTracker(names, on_new_root=on_new_root, suppress_types=whole + tuple(ignore_ops),
+                            own_types=own, on_exit=_custom_rule_exit(custom_ops, ref) if custom_ops else None)
     ref.append(tracker)
     return tracker
 

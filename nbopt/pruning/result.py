@@ -1,7 +1,9 @@
 """``prune()``: one-shot pruning with a before/after summary (params, MACs, size, measured latency)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import html
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -10,25 +12,50 @@ from torch import nn
 
 from ..inputs import as_args
 from ..model_state import preserved, size_bytes
+from ..timing import Pair, Ratio
 from .pruner import Pruner
 
 
 @dataclass
 class PruneResult:
-    """The pruned model (independent of yours), its per-layer report and a before/after summary."""
+    """The pruned model (independent of yours), its per-layer report and a before/after summary.
+
+    With latency, the summary's ``latency_ms`` row (medians), its ``latency_q1_ms``/``latency_q3_ms``/
+    ``latency_calls`` rows and the ``speedup_q1``/``speedup_q3`` rows (the quartiles of the per-round ratios, in
+    the ``ratio`` column beside the speedup) all come from one interleaved timing of both models;
+    ``speedup_spread`` is that :class:`~nbopt.timing.Ratio`. ``noisy`` and ``notes`` say when the timing was
+    noisy or the machine busy, so the speedup is not a finding.
+    """
 
     model: nn.Module
     report: pd.DataFrame
     summary: pd.DataFrame
     setting: dict[str, Any]
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # before/after: Timing.summary()
+    speedup_spread: Ratio | None = None
+    noisy: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        """Latency before / after (medians of one interleaved timing); NaN without latency."""
+        s = self.summary
+        return float(s.loc["latency_ms", "ratio"]) if "latency_ms" in s.index else math.nan
 
     def __repr__(self) -> str:
         s = self.summary
+        lat = ""
+        if "latency_ms" in s.index:
+            spread = self.speedup_spread.describe() if self.speedup_spread else f"{self.speedup:.2f}x"
+            lat = f", latency {spread}" + (", NOISY" if self.noisy else "")
+        notes = "".join(f"\n{n}" for n in self.notes)
         return (f"PruneResult({self.setting}, params {s.loc['params', 'ratio']:.2f}x, "
-                f"MACs {s.loc['macs', 'ratio']:.2f}x, latency {s.loc['latency_ms', 'ratio']:.2f}x)")
+                f"MACs {s.loc['macs', 'ratio']:.2f}x{lat}){notes}")
 
     def _repr_html_(self) -> str:
-        return self.summary.to_html(float_format=lambda v: f"{v:,.4g}")
+        notes = "".join(f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(n)}</p>"
+                        for n in self.notes)
+        return self.summary.to_html(float_format=lambda v: f"{v:,.4g}") + notes
 
 
 def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None, threshold: float | None = None,
@@ -41,12 +68,29 @@ def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None,
     pruner.set(amount, threshold=threshold, scope=scope, structured=structured, overrides=overrides)
     pruned = pruner.export()
     report = pruner.report
-    return PruneResult(pruned, report, summarize(model, pruned, example_inputs, report, latency), pruner.setting)
+    pair = measure_pair(model, pruned, example_inputs) if latency else None
+    result = PruneResult(pruned, report, summarize(model, pruned, example_inputs, report, latency, pair=pair),
+                         pruner.setting)
+    if pair is not None:
+        result.latency, result.speedup_spread, result.noisy = pair.summaries(), pair.speedup, pair.noisy
+        if result.summary.attrs.get("note"):
+            result.notes.append(result.summary.attrs["note"])
+    return result
+
+
+LATENCY_ROWS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_calls", "speedup_q1", "speedup_q3")
 
 
 def summarize(before: nn.Module, after: nn.Module, example_inputs: Any, report: pd.DataFrame,
-              latency: bool = True) -> pd.DataFrame:
-    """Rows params, nonzero params, MACs, effective MACs, size and latency; columns before, after, ratio."""
+              latency: bool = True, *, pair: Pair | None = None) -> pd.DataFrame:
+    """Rows params, nonzero params, MACs, effective MACs, size and the :data:`LATENCY_ROWS`; columns before,
+    after, ratio.
+
+    The latency rows come from one interleaved timing (``pair``, measured here when ``latency`` and not
+    given): medians, quartiles and timed calls of both models; the ``ratio`` of ``latency_ms`` is the speedup
+    and the ``speedup_q1``/``speedup_q3`` rows hold the quartiles of its per-round ratios (before/after NaN).
+    ``.attrs["noisy"]`` and ``.attrs["note"]`` carry the timing's noise check.
+    """
     from ..profiling import profile
 
     pb, pa = profile(before, example_inputs, latency=False), profile(after, example_inputs, latency=False)
@@ -59,19 +103,33 @@ def summarize(before: nn.Module, after: nn.Module, example_inputs: Any, report: 
         "effective_macs": (pb.total_macs, pa.total_macs - (saved if pa.total_macs == pb.total_macs else 0.0)),
         "size_bytes": (size_bytes(before), size_bytes(after)),
     }
-    if latency:
-        rows["latency_ms"] = measure_pair(before, after, example_inputs)
+    if pair is None and latency:
+        pair = measure_pair(before, after, example_inputs)
+    if pair is not None:
+        b, a = pair.baseline, pair.other
+        rows.update({"latency_ms": (b.median_ms, a.median_ms), "latency_q1_ms": (b.q1_ms, a.q1_ms),
+                     "latency_q3_ms": (b.q3_ms, a.q3_ms), "latency_calls": (b.n, a.n),
+                     "speedup_q1": (math.nan, math.nan), "speedup_q3": (math.nan, math.nan)})
     df = pd.DataFrame(rows, index=["before", "after"]).T.astype(float)
     df["ratio"] = df["before"] / df["after"]
+    if pair is not None:
+        r = pair.speedup
+        df.loc[["latency_q1_ms", "latency_q3_ms", "latency_calls", "speedup_q1", "speedup_q3"], "ratio"] = [
+            math.nan, math.nan, math.nan, r.q1, r.q3]
+        df.attrs.update(noisy=pair.noisy, note=pair.note("latency speedup"))
     return df
 
 
-def measure_pair(before: nn.Module, after: nn.Module, example_inputs: Any) -> tuple[float, float]:
-    """Median latency of both models on ``example_inputs``, interleaved (eval mode, no grad)."""
-    from ..timing import compare
+def measure_pair(before: nn.Module, after: nn.Module, example_inputs: Any, *, repeat: int | None = None) -> Pair:
+    """Both models timed interleaved on ``example_inputs`` (eval mode, no grad), in one measurement.
+
+    ``repeat`` (default: as many as fit in about a second per model, 9 to 30) timed calls each, in blocks of
+    3 after untimed ones, following 3 untimed warm-up rounds.
+    """
+    from ..timing import auto_repeat, compare_pair
 
     args, kwargs = as_args(example_inputs)
     with preserved(before, eval_mode=True), preserved(after, eval_mode=True):
-        t = compare({"before": lambda: before(*args, **kwargs), "after": lambda: after(*args, **kwargs)},
-                    warmup=2, repeat=7)
-    return t["before"].median_ms, t["after"].median_ms
+        fb, fa = (lambda: before(*args, **kwargs)), (lambda: after(*args, **kwargs))
+        n = repeat if repeat is not None else auto_repeat(fb, budget_s=1.0, lo=9, hi=30)
+        return compare_pair(fb, fa, names=("before", "after"), warmup=3, repeat=n)

@@ -10,7 +10,7 @@ from ..errors import NboptError
 from ..inputs import call, check_finite, check_module
 from ..layers import eval_folded, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
-from ..timing import compare
+from ..timing import STEADY_BLOCK, STEADY_SETTLE_MS, Pair, compare, compare_pair, is_noisy, machine_load
 from .calibration import first_input, run_batches
 from .backends import BUILDERS, Int8Program
 from .metrics import fidelity
@@ -48,7 +48,12 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
             (builds both, times them on your input and keeps the faster).
         percentile: the range percentile of ``observer="percentile"``, in (50, 100].
         progress: show progress bars.
-        repeat: about how many timed calls per model for the latency (median) comparison.
+        repeat: about how many timed calls per model for the latency comparison (both models interleaved in
+            blocks of 3; the result reports medians, quartiles, the call count and the speedup's spread).
+
+    The speedup is measured against the fp32 model in eager PyTorch on this machine: it depends on the CPU,
+    its threads and its load, and for a real int8 model also includes the change of runtime. When the timing
+    is noisy or the machine busy, ``result.noisy`` is True and ``result.latency_note`` says so.
     """
     check_module(model)
     opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
@@ -59,8 +64,8 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     _check_mode(mode, opts, calib)
     job = _prepare(model, calib, opts, evaluate, progress, repeat)
     if mode == "simulate":
-        return _simulate(job)
-    return _real(job, dynamic=mode == "dynamic", backend=backend)
+        return _with_latency_note(_simulate(job))
+    return _with_latency_note(_real(job, dynamic=mode == "dynamic", backend=backend))
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,10 @@ def _simulated_sizes(job: _Job, sim: nn.Module, bits: dict[str, int]) -> dict[st
                                                          per_channel=opts.granularity == "per_channel")}}
 
 
-def _simulated_note(speedup: float, bits: dict[str, int]) -> str:
+def _simulated_note(speedup: str, bits: dict[str, int]) -> str:
     """The caveat every simulated result carries: float compute, so only ``deployable`` is smaller."""
     return (f"Simulated quantization: float32 compute on rounded values. It predicts accuracy but is not faster "
-            f"(measured {speedup:.2f}x) nor smaller in memory; 'deployable' is the size a runtime with "
+            f"(measured {speedup}) nor smaller in memory; 'deployable' is the size a runtime with "
             f"{sorted(set(bits.values()))}-bit weights would need. Use mode='int8' for a real, faster model.")
 
 
@@ -136,7 +141,7 @@ def _simulate(job: _Job) -> QuantResult:
     bits = {n: job.opts.bits_for(n) for n in qparams}
     result = _finish(job, sim, report=layer_report(job.folded, sim, qparams, job.opts, job.example),
                      mode="simulate", backend="simulate", real=False, sizes=_simulated_sizes(job, sim, bits))
-    result.notes.append(_simulated_note(result.speedup, bits))
+    result.notes.append(_simulated_note(result.speedup_text(), bits))
     return result
 
 
@@ -156,6 +161,11 @@ def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
                         "inside the compiled program; see the end-to-end fidelity.")
     if program.cpu_note:
         result.notes.append(program.cpu_note)
+    if result.latency_ms:
+        result.notes.append(f"Speedup {result.speedup_text()} is over the fp32 model in eager PyTorch on this CPU, "
+                            f"timed interleaved on the first calibration batch: it also counts the change of "
+                            f"runtime ({program.backend}; for small models and batches mostly eager PyTorch's "
+                            "per-layer overhead), and it depends on the CPU's int8 instructions, threads and load.")
     return result
 
 
@@ -178,36 +188,74 @@ def _build(job: _Job, *, dynamic: bool, backend: str) -> tuple[Int8Program, str]
 
 def _pick(programs: dict[str, Int8Program], errors: dict[str, str], example: Any,
           repeat: int) -> tuple[Int8Program, str]:
-    """The faster program on the user's example input, with the measured reason."""
+    """The faster program on the user's example input, with the measured reason (medians, IQRs, calls)."""
     failed = "".join(f"; {k} was unavailable ({v.split(':')[0]})" for k, v in errors.items())
     if len(programs) == 1:
         prog = next(iter(programs.values()))
         return prog, f"backend {prog.backend} chosen{failed or ' as requested'}"
+    load = machine_load()
     t = compare({k: (lambda p=p: call(p.model, example)) for k, p in programs.items()}, warmup=3,
                 **_steady(repeat))
     best = min(t, key=lambda k: t[k].median_ms)
-    detail = ", ".join(f"{k} {t[k].median_ms:.3f} ms" for k in t)
-    return programs[best], f"backend='auto' measured both on your input ({detail}, median) and kept {best}"
+    detail = ", ".join(f"{k} {t[k].describe()}" for k in t)
+    close = [k for k in t if k != best and _overlap(t[k], t[best])]
+    if close or is_noisy(t, load):
+        within = f"{', '.join(close)} within the spread of {best}" if close else "the timing was noisy"
+        close_note = f" ({within}: on this machine the choice is not clear-cut)"
+    else:
+        close_note = ""
+    which = "both" if len(t) == 2 else f"all {len(t)}"
+    return programs[best], (f"backend='auto' measured {which} on your input, interleaved ({detail}) and kept "
+                            f"{best}{close_note}{failed}")
 
 
-def _steady(repeat: int) -> dict[str, int]:
-    """About ``repeat`` timed calls per program in blocks of 3 (steady state; see :func:`nbopt.timing.compare`)."""
-    return {"repeat": max(1, repeat // 3), "block": 3, "settle_ms": 100} if repeat >= 3 else {"repeat": repeat}
+def _steady(repeat: int) -> dict[str, Any]:
+    """About ``repeat`` timed calls per program in steady-state blocks (see :func:`nbopt.timing.compare_pair`)."""
+    if repeat < STEADY_BLOCK:
+        return {"repeat": max(1, repeat)}
+    return {"repeat": max(1, round(repeat / STEADY_BLOCK)), "block": STEADY_BLOCK, "settle_ms": STEADY_SETTLE_MS}
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two timings' interquartile ranges overlap."""
+    return a.q1_ms <= b.q3_ms and b.q1_ms <= a.q3_ms
 
 
 def _finish(job: _Job, qmodel: nn.Module, *, report: pd.DataFrame, mode: str, backend: str, real: bool,
             sizes: dict[str, dict[str, int]]) -> QuantResult:
-    """Measure ``qmodel`` against ``job.reference`` (fidelity and interleaved latency on ``calib``, accuracy)."""
-    fid, latency = {}, {}
+    """Measure ``qmodel`` against ``job.reference`` (fidelity and interleaved latency on ``calib``, accuracy).
+
+    Both models have already run on every calibration batch (the fidelity outputs) before they are timed, so
+    a lazily built session or a compiled program's first-batch compile is never inside the timing.
+    """
+    fid, pair = {}, None
     if job.calib is not None:
         ref_out = run_batches(job.reference, job.calib, progress=job.progress, desc="fp32 outputs")
         q_out = run_batches(qmodel, job.calib, progress=job.progress, desc="quantized outputs")
         fid = fidelity(ref_out, q_out)
-        t = compare({"fp32": lambda: call(job.reference, job.example),
-                     "quantized": lambda: call(qmodel, job.example)}, warmup=3, **_steady(job.repeat))
-        latency = {k: v.median_ms for k, v in t.items()}
+        pair = compare_pair(lambda: call(job.reference, job.example), lambda: call(qmodel, job.example),
+                            names=("fp32", "quantized"), warmup=3, repeat=job.repeat)
     acc = None
     if job.evaluate is not None:
         acc = {"fp32": float(job.evaluate(job.reference)), "quantized": float(job.evaluate(qmodel))}
-    return QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,
-                       latency_ms=latency, fidelity=fid, accuracy=acc, options=asdict(job.opts))
+    result = QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,
+                         latency_ms={}, fidelity=fid, accuracy=acc, options=asdict(job.opts))
+    if pair is not None:
+        _record_latency(result, pair)
+    return result
+
+
+def _record_latency(result: QuantResult, pair: Pair) -> None:
+    """The medians, spreads, speedup and noise check of one interleaved fp32/quantized timing."""
+    result.latency_ms = {k: t.median_ms for k, t in pair.timings.items()}
+    result.latency = pair.summaries()
+    result.speedup_spread = pair.speedup
+    result.noisy = pair.noisy
+    result.latency_note = pair.note("speedup over fp32")
+
+
+def _with_latency_note(result: QuantResult) -> QuantResult:
+    """Append the noise note last to ``result.notes`` (after the mode's own notes)."""
+    if result.latency_note:
+        result.notes.append(result.latency_note)
+    return result

@@ -13,14 +13,15 @@ from ..errors import NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import check_module
 from ..layers import weighted_layers
 from ..model_state import working_copy
-from .api import _finish, _Job, _prepare, _simulated, _simulated_note, _simulated_sizes
+from .api import _finish, _Job, _prepare, _simulated, _simulated_note, _simulated_sizes, _with_latency_note
 from .options import QuantOptions, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
 from .simulate import attach, bake, calibrate, weight_qparams
 
 OPTION_NAMES = frozenset(f.name for f in fields(QuantOptions))
-REPEAT = 3  # timed calls per model for the latency comparison (QAT results are about accuracy)
+REPEAT = 9  # timed calls per model for the latency comparison: 3 blocks of 3, enough for quartiles (QAT results
+#            are about accuracy; a fake-quantized model is not faster)
 
 
 def _labelled(train_data: Any):
@@ -125,7 +126,7 @@ def _result(job: _Job, trained: nn.Module) -> QuantResult:
                      backend="simulate", real=False, sizes=_simulated_sizes(job, trained, bits))
     if job.evaluate is not None:
         result.accuracy["post_training_quantized"] = float(job.evaluate(_simulated(job)[0]))
-    result.notes += [_simulated_note(result.speedup, bits),
+    result.notes += [_simulated_note(result.speedup_text(), bits),
                      "QAT: weights fine-tuned with fake quantization (straight-through gradients); "
                      "'post_training_quantized' accuracy is the same settings without QAT."]
-    return result
+    return _with_latency_note(result)

@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from ..timing import Ratio
+
 
 @dataclass
 class QuantResult:
@@ -18,6 +20,13 @@ class QuantResult:
     that bit width would need). ``size_bytes`` (and, when measured, ``latency_ms`` and ``accuracy``) have an
     ``"fp32"`` and a ``"quantized"`` entry; ``fidelity`` compares quantized with fp32 outputs on ``calib``
     (latency and fidelity are empty without calibration data; ``accuracy`` is None without ``evaluate``).
+
+    ``latency_ms`` holds the medians and ``latency`` each side's full summary (median, quartiles, min/max and
+    ``n`` timed calls) from ONE interleaved timing of both models on the first calibration batch;
+    ``speedup`` is the ratio of those two medians and ``speedup_spread`` the :class:`~nbopt.timing.Ratio` of
+    the same calls (``q1``/``q3``: quartiles of the per-round ratios). ``noisy`` is True when either side
+    spreads more than :data:`~nbopt.timing.NOISY_SPREAD`, the per-round ratios do, or the machine was busy;
+    ``latency_note`` (also the last entry of ``notes``) then says why the speedup is not a finding.
     """
 
     model: nn.Module
@@ -34,12 +43,23 @@ class QuantResult:
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     partial: bool = False  # True when an interrupted run (e.g. QAT) returned what it had finished
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # fp32/quantized: Timing.summary()
+    speedup_spread: Ratio | None = None  # the speedup with the IQR of its per-round ratios, same calls
+    noisy: bool = False  # the latency timing was noisy or the machine busy: the speedup is not a finding
+    latency_note: str = ""  # why it is noisy ("" when quiet)
 
     @property
     def speedup(self) -> float:
-        """fp32 latency / quantized latency (measured; < 1 means slower)."""
+        """fp32 latency / quantized latency (medians of one interleaved measurement; < 1 means slower)."""
         q = self.latency_ms.get("quantized", math.nan)
         return self.latency_ms.get("fp32", math.nan) / q if q else math.nan
+
+    def speedup_text(self) -> str:
+        """``3.21x (IQR 3.05-3.40x, n=18)``, with ``, NOISY`` when the timing was noisy (``"not measured"``
+        without calibration data)."""
+        if self.speedup_spread is None:
+            return "not measured" if not self.latency_ms else f"{self.speedup:.2f}x"
+        return self.speedup_spread.describe() + (", NOISY" if self.noisy else "")
 
     @property
     def label(self) -> str:
@@ -48,18 +68,33 @@ class QuantResult:
 
     def summary(self) -> pd.DataFrame:
         """Before/after table with a fp32/quantized ratio: sizes three ways (MB), latency, accuracy (when
-        measured) and each fidelity metric (fp32's own value: 1 for cosine and top-1 agreement, else NaN)."""
+        measured) and each fidelity metric (fp32's own value: 1 for cosine and top-1 agreement, else NaN).
+
+        With latency: its quartiles and number of calls per side, and the ``ratio`` of the median row (the
+        speedup) with its per-round quartiles in the ``speedup q1 (x)``/``speedup q3 (x)`` rows, all from one
+        interleaved measurement; ``.attrs["note"]`` is :attr:`latency_note`."""
         s = self.size_bytes
         out = {f"size {what} (MB)": (s["fp32"][key] / 1e6, s["quantized"][key] / 1e6)
                for what, key in (("dense in memory", "dense"), ("on disk", "disk"), ("deployable", "deployable"))}
         out["latency (ms, median)"] = (self.latency_ms.get("fp32", math.nan),
                                        self.latency_ms.get("quantized", math.nan))
+        spread = []
+        if self.latency:
+            fp32, quant = self.latency["fp32"], self.latency["quantized"]
+            spread = ["latency q1 (ms)", "latency q3 (ms)", "latency calls", "speedup q1 (x)", "speedup q3 (x)"]
+            out.update(zip(spread, [(fp32["q1_ms"], quant["q1_ms"]), (fp32["q3_ms"], quant["q3_ms"]),
+                                    (fp32["n"], quant["n"]), (math.nan, math.nan), (math.nan, math.nan)]))
         if self.accuracy:
             out["accuracy"] = (self.accuracy["fp32"], self.accuracy["quantized"])
         for k, v in self.fidelity.items():
             out[f"{k} vs fp32"] = (1.0 if k in ("cosine", "top1_agreement") else math.nan, v)
         df = pd.DataFrame(out, index=["fp32", self.label]).T
         df["ratio"] = df.iloc[:, 0] / df.iloc[:, 1]
+        if spread:  # the ratio of the medians is the speedup; its spread is that of the per-round ratios
+            r = self.speedup_spread
+            df.loc[spread, "ratio"] = [math.nan, math.nan, math.nan, r.q1 if r else math.nan,
+                                       r.q3 if r else math.nan]
+        df.attrs["note"] = self.latency_note
         return df
 
     def __repr__(self) -> str:
@@ -68,4 +103,5 @@ class QuantResult:
         label = self.label + (", PARTIAL (interrupted)" if self.partial else "")
         return (f"QuantResult({label}, {len(self.report)} layers, "
                 f"deployable {self.size_bytes['fp32']['deployable'] / 1e6:.3f} MB -> "
-                f"{self.size_bytes['quantized']['deployable'] / 1e6:.3f} MB, speedup {self.speedup:.2f}x{acc}; {fid})")
+                f"{self.size_bytes['quantized']['deployable'] / 1e6:.3f} MB, speedup {self.speedup_text()}{acc}; "
+                f"{fid})" + (f"\n{self.latency_note}" if self.latency_note else ""))

@@ -139,10 +139,11 @@ def test_meta_execution_counts_what_real_execution_counts(case):
     meta = nbopt.profile(case.model, x, latency=False, execution="meta")
     assert meta.execution == "meta" and real.execution == "real"
     assert meta.total_macs == real.total_macs and meta.total_params == real.total_params
-    assert meta.table["macs"].to_dict() == real.table["macs"].to_dict()
-    if not {"mha", "encoder"} & set(case.kinds):
-        # fused CPU attention (_native_multi_head_attention) and its meta decomposition differ by a few
-        # elementwise FLOPs (e.g. 44 vs 47 for one 2-dim head): MACs agree, FLOPs only without attention
+    assert meta.total_flops == real.total_flops  # the fused-attention formulas count what the math path counts
+    if "encoder" not in case.kinds:
+        # a fused encoder layer (_transformer_encoder_layer_fwd, real CPU runs) counts its MACs and FLOPs on the
+        # layer's own row, while its meta decomposition spreads them over the submodules' rows: the totals and
+        # the layer's inclusive counts agree, the rows only without it (docs/guarantees.md, Known gaps)
         assert counts(meta) == counts(real)
 
 

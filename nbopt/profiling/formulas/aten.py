@@ -7,6 +7,12 @@ Conventions (defined once, used everywhere):
   CPU kernels) and RNN/LSTM/GRU cells. This is torchvision's published "GMACs" convention.
 * **FLOPs** — every floating-point operation: ``2 * MACs`` for the GEMM-like ops plus the elementwise,
   normalization, pooling, softmax, reduction and interpolation work (formulas below).
+* **Bias adds are never counted** — not in convolution, linear (``addmm``, or a matrix product followed by
+  the add of a vector along its last dimension, see :mod:`..counter`), nor in the projections of the fused
+  attention and encoder-layer kernels, as in ``torch.utils.flop_counter`` and torchvision.
+* **Fused kernels count what their reference decomposition counts** — a fused attention kernel counts the
+  ops of PyTorch's math reference (scaling, ``Q @ K^T``, mask add, softmax, ``P @ V``), so a meta run, which
+  decomposes, and a real run, which calls the kernel, give the same FLOPs.
 
 Every formula is ``fn(*, out, **arguments) -> Cost`` (``self`` arrives as ``input``; see
 :mod:`.registry`). Matrix-multiply and convolution counts follow ``torch.utils.flop_counter``.
@@ -54,6 +60,13 @@ def _mm(*, input: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
     return _gemm(m * k * n)
 
 
+@_formula(*(getattr(aten, n) for n in ("_scaled_mm", "_scaled_mm_v2") if hasattr(aten, n)))
+def _scaled_mm(*, input: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
+    """float8 (scaled) matrix multiply: ``m * k * n`` MACs like ``mm``; scaling and bias are not counted."""
+    (m, k), n = input.shape, mat2.shape[1]
+    return _gemm(m * k * n)
+
+
 @_formula(aten.addmm)
 def _addmm(*, mat1: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
     (m, k), n = mat1.shape, mat2.shape[1]
@@ -86,29 +99,47 @@ def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     return batch * lq * s * (e + ev)
 
 
-def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Cost:
+def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaled_keys: bool = True,
+                    masked: bool = False, causal: bool = False) -> Cost:
+    """Attention as PyTorch's math reference computes it (``_scaled_dot_product_attention_math``).
+
+    ``Q @ K^T`` and ``P @ V`` (2 FLOPs per MAC); one multiply per element of Q (and of K, per query head,
+    when ``scaled_keys``: the reference scales both by ``sqrt(scale)``); the mask add (``masked``) or the causal
+    mask (an (L, S) select, then its add); softmax (3 per score).
+    """
     macs = _attention_macs(q, k, v)
-    scores = math.prod(q.shape[:-1]) * k.shape[-2]
-    return Cost(macs, 2 * macs + 4 * scores)  # + scale and softmax (max, exp, sum, divide) per score
+    heads = math.prod(q.shape[:-2])
+    lq, e, s = q.shape[-2], q.shape[-1], k.shape[-2]
+    scores = heads * lq * s
+    scale = heads * lq * e + (heads * s * k.shape[-1] if scaled_keys else 0)
+    mask = scores if (masked or causal) else 0
+    causal_mask = lq * s if causal else 0
+    return Cost(macs, 2 * macs + scale + mask + causal_mask + 3 * scores)
 
 
 @_formula(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
           aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
           aten._flash_attention_forward, aten._efficient_attention_forward)
-def _sdpa(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **_: Any) -> Cost:
+def _sdpa(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: Any = False,
+          custom_mask_type: Any = 0, **rest: Any) -> Cost:
     q, k, v = query, key, value
     if q.dim() == 4 and q.shape[1] != k.shape[1] and q.shape[2] == k.shape[2]:  # (B, L, H, E) layouts
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    return _attention_cost(q, k, v)
+    masked = any(isinstance(rest.get(n), torch.Tensor) for n in ("attn_mask", "attn_bias", "bias"))
+    causal = bool(is_causal) or bool(custom_mask_type)
+    return _attention_cost(q, k, v, masked=masked, causal=causal)
 
 
 def _projection(tokens: int, out_features: int, in_features: int) -> Cost:
-    macs = tokens * out_features * in_features
-    return Cost(macs, 2 * macs + tokens * out_features)  # + bias add
+    return _gemm(tokens * out_features * in_features)  # the bias add is not counted
 
 
-def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim: int) -> Cost:
-    """In-projections, attention and out-projection of multi-head attention ((B, L, E) tensors)."""
+def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim: int, *, need_weights: bool,
+              average_weights: bool, masked: bool = False) -> Cost:
+    """In-projections, attention and out-projection of multi-head attention ((B, L, E) tensors), counted as
+    ``F.multi_head_attention_forward`` computes them: with ``need_weights`` an explicit softmax(Q K^T) whose
+    weights are averaged over heads (one add per weight; a mask goes into ``baddbmm``, uncounted), else
+    ``scaled_dot_product_attention`` (which adds a mask, one FLOP per score)."""
     b, lq = math.prod(query.shape[:-2]) or 1, query.shape[-2]
     lk = key.shape[-2]
     head = embed_dim // num_heads
@@ -116,22 +147,30 @@ def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim:
             + _projection(b * lk, embed_dim, embed_dim) + _projection(b * lq, embed_dim, embed_dim))
     q = torch.empty(b, num_heads, lq, head, device="meta")
     kv = torch.empty(b, num_heads, lk, head, device="meta")
-    return proj + _attention_cost(q, kv, kv)
+    attention = _attention_cost(q, kv, kv, scaled_keys=not need_weights, masked=masked and not need_weights)
+    averaged = Cost(0, b * num_heads * lq * lk) if need_weights and average_weights else Cost()
+    return proj + attention + averaged
 
 
 @_formula(aten._native_multi_head_attention)
-def _native_mha(*, query: torch.Tensor, key: torch.Tensor, embed_dim: int, num_head: int, **_: Any) -> Cost:
-    return _mha_cost(query, key, int(num_head), int(embed_dim))
+def _native_mha(*, query: torch.Tensor, key: torch.Tensor, embed_dim: int, num_head: int, mask: Any = None,
+                need_weights: Any = True, average_attn_weights: Any = True, **_: Any) -> Cost:
+    return _mha_cost(query, key, int(num_head), int(embed_dim), need_weights=bool(need_weights),
+                     average_weights=bool(average_attn_weights), masked=isinstance(mask, torch.Tensor))
 
 
 @_formula(aten._transformer_encoder_layer_fwd)
 def _encoder_layer(*, src: torch.Tensor, embed_dim: int, num_heads: int, ffn_weight_1: torch.Tensor,
-                   ffn_weight_2: torch.Tensor, **_: Any) -> Cost:
+                   ffn_weight_2: torch.Tensor, mask: Any = None, **_: Any) -> Cost:
+    """Self-attention (as ``need_weights=False``), two residual adds, two layer norms, the feed-forward pair
+    and its activation; no bias adds."""
     tokens = math.prod(src.shape[:-1])
     ffn = _projection(tokens, *ffn_weight_1.shape) + _projection(tokens, *ffn_weight_2.shape)
     norms = Cost(0, 2 * 5 * _numel(src))
     residual_and_act = Cost(0, 2 * _numel(src) + tokens * ffn_weight_1.shape[0])
-    return _mha_cost(src, src, int(num_heads), int(embed_dim)) + ffn + norms + residual_and_act
+    attention = _mha_cost(src, src, int(num_heads), int(embed_dim), need_weights=False, average_weights=False,
+                          masked=isinstance(mask, torch.Tensor))
+    return attention + ffn + norms + residual_and_act
 
 
 @_formula(aten.mkldnn_rnn_layer)
@@ -141,7 +180,9 @@ def _mkldnn_rnn_layer(*, input: torch.Tensor, weight0: torch.Tensor, weight1: to
     steps = _numel(input) // input.shape[-1]          # time steps * batch
     macs = steps * (w_ih.numel() + w_hh.numel())
     hidden = w_hh.shape[1]
-    return Cost(macs, 2 * macs + steps * hidden * 9)  # 4 gate activations, 3 mul, 2 add per hidden unit
+    # per hidden unit and step, as the decomposed cell (a meta run) computes it: add the input and hidden gate
+    # pre-activations (4), 4 gate activations, c' = f*c + i*g (2 mul, 1 add), h = o * tanh(c') (1 tanh, 1 mul)
+    return Cost(macs, 2 * macs + steps * hidden * 13)
 
 
 # --- normalization, pooling, softmax, interpolation -----------------------------------------------------
@@ -232,6 +273,13 @@ ZERO_COST_NAMES = (
     "_fused_sdp_choice", "unfold", "as_strided_scatter", "diagonal_scatter", "as_strided_",
 )
 ZERO_COST_OPS = tuple(getattr(aten, n) for n in ZERO_COST_NAMES if hasattr(aten, n))
+# bookkeeping outside aten that does no arithmetic: profiler ranges (``record_function``, which
+# nn.DataParallel and many libraries open around their forward), stream and assertion bookkeeping
+_OTHER_ZERO_COST = {"profiler": ("_record_function_enter", "_record_function_enter_new", "_record_function_exit"),
+                    "aten": ("record_stream", "_assert_scalar", "sym_constrain_range", "sym_constrain_range_for_size",
+                             "_functional_assert_async", "_functional_assert_scalar", "_print")}
+ZERO_COST_OPS += tuple(getattr(getattr(torch.ops, ns), n) for ns, names in _OTHER_ZERO_COST.items() for n in names
+                       if hasattr(getattr(torch.ops, ns), n))
 
 
 def is_view(func: Any) -> bool:
