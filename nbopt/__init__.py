@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedModelError": ".errors",
     "MissingDependencyError": ".errors",
     "PartialResultWarning": ".errors",
+    "NoisyTimingWarning": ".errors",
     "cpu_info": ".cpu",
     "Timing": ".timing",
     "quantize": ".quantization",

@@ -12,7 +12,8 @@ Each message names the problem and the way out. The family:
   export fails); the message names the path that works.
 * :class:`MissingDependencyError` — an optional package is not installed (also an ``ImportError``); raised by
   :func:`require`, whose message names the extra to install.
-* :class:`PartialResultWarning` — a long run was interrupted and returned what it had finished.
+* :class:`PartialResultWarning` — a long run was interrupted and returned what it had finished;
+  :class:`NoisyTimingWarning` — a ranking or ratio was read from a noisy timing.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ class MissingDependencyError(NboptError, ImportError):
 
 class PartialResultWarning(UserWarning):
     """A long run was interrupted (Ctrl-C / stop button) and returned what it had finished."""
+
+
+class NoisyTimingWarning(UserWarning):
+    """A ranking or ratio was read from a noisy timing (large spread, or a busy machine)."""
 
 
 def require(module: str, *, extra: str, purpose: str, package: str | None = None) -> ModuleType:

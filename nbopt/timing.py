@@ -212,50 +212,7 @@ def auto_repeat(fn: Callable[[], object], *, budget_s: float = 1.0, lo: int = 3,
     return int(min(hi, max(lo, budget_s / max(once, 1e-6))))
 
 
-def module_latencies(fn: Callable[[], object], names: Mapping[int, str], *, repeat: int = 10,
-                     device: torch.device | str | None = None) -> dict[str, float]:
-    """Median inclusive wall time (ms) each named module spends per call of ``fn``.
-
-    Uses PyTorch's global module hooks for the duration of the call only; they are always removed.
-    """
-    from torch.nn.modules import module as _module
-
-    runs: list[dict[str, float]] = []
-    stack: list[tuple[int, float]] = []
-
-    def pre(module: torch.nn.Module, args: tuple) -> None:
-        synchronize(device)
-        stack.append((id(module), time.perf_counter()))
-
-    def post(module: torch.nn.Module, args: tuple, output: object) -> None:
-        if not stack or stack[-1][0] != id(module):
-            return
-        synchronize(device)
-        _, t0 = stack.pop()
-        name = names.get(id(module))
-        if name is not None:
-            runs[-1][name] = runs[-1].get(name, 0.0) + (time.perf_counter() - t0) * 1e3
-
-    handles = [_module.register_module_forward_pre_hook(pre),
-               _module.register_module_forward_hook(post, always_call=True)]
-    try:
-        with torch.no_grad():
-            for _ in range(max(1, repeat)):
-                runs.append({})
-                stack.clear()
-                fn()
-    finally:
-        for h in handles:
-            h.remove()
-    keys = set().union(*runs) if runs else set()
-    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
-
-
 MIN_CALLS = 5  # fewer timed calls than this give quartiles too coarse to judge a spread by
-
-
-class NoisyTimingWarning(UserWarning):
-    """A ranking or ratio was read from a noisy timing (large spread, or a busy machine)."""
 
 
 def is_noisy(timings: Timing | Mapping[str, Timing] | Iterable[Timing], load: MachineLoad | None = None) -> bool:

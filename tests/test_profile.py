@@ -252,7 +252,8 @@ def test_noisy_profile_says_so_everywhere(demo_model):
     import warnings
 
     from nbopt.display.tables import profile_text
-    from nbopt.timing import MachineLoad, NoisyTimingWarning
+    from nbopt.errors import NoisyTimingWarning
+    from nbopt.timing import MachineLoad
     prof = nbopt.profile(demo_model, torch.randn(1, 1, 8, 8), repeat=3)
     noisy = _quiet_profile(prof, [1.9, 57.8, 2.0, 40.0, 2.1, 30.0])
     assert noisy.noisy

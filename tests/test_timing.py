@@ -70,7 +70,6 @@ def test_module_timings_own_time_adds_up_in_every_call():
     inner = mt.inclusive["inner"].samples_ms
     kids = [a + b for a, b in zip(mt.inclusive["inner.0"].samples_ms, mt.inclusive["inner.1"].samples_ms)]
     assert all(i >= k for i, k in zip(inner, kids))
-    assert timing.module_latencies(lambda: model(x), names, repeat=2).keys() == mt.inclusive.keys()
 
 
 def test_module_timings_unnamed_modules_are_transparent():

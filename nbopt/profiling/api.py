@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from .. import timing
-from ..errors import InputTypeError, NboptError
+from ..errors import InputTypeError, NboptError, NoisyTimingWarning
 from ..inputs import as_args, call, check_device, check_finite, check_module, describe_shapes, model_device
 from ..model_state import preserved, size_bytes
 from .attribution import ModuleNames
@@ -182,7 +182,7 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
     ratios in ``latency_ms_vs_first_q1``/``_q3``, and ``speedup_vs_first`` is its inverse ratio (first / row).
     ``df.attrs`` keeps the ``timings`` and the speed-up ``ratios`` (:class:`~nbopt.timing.Ratio`), the
     machine's ``load``, ``noisy`` (a spread above :data:`~nbopt.timing.NOISY_SPREAD` or a busy machine) and a
-    ``note`` saying so; a noisy measurement also warns (:class:`~nbopt.timing.NoisyTimingWarning`).
+    ``note`` saying so; a noisy measurement also warns (:class:`~nbopt.errors.NoisyTimingWarning`).
     """
     if not isinstance(models, Mapping) or not models:
         raise InputTypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
@@ -227,4 +227,4 @@ def _latency_columns(df: pd.DataFrame, timings: Mapping[str, timing.Timing], loa
     df.attrs.update(timings=dict(timings), ratios=faster, load=load, noisy=timing.is_noisy(timings, load),
                     note=timing.noise_note(timings, load))
     if df.attrs["note"]:
-        warnings.warn(f"compare(): {df.attrs['note']}", timing.NoisyTimingWarning, stacklevel=3)
+        warnings.warn(f"compare(): {df.attrs['note']}", NoisyTimingWarning, stacklevel=3)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import NboptError
-from ..timing import NOISY_SPREAD, MachineLoad, NoisyTimingWarning, Timing, noise_note
+from ..errors import NboptError, NoisyTimingWarning
+from ..timing import NOISY_SPREAD, MachineLoad, Timing, noise_note
 
 ACCOUNTED = (0.8, 1.25)  # per-layer self latencies should add up to this share of the whole-model latency
 LATENCY_COLUMNS = ("latency_ms", "self_latency_ms", "gflops_per_s")  # rankings by these are timings
@@ -133,7 +133,7 @@ class Profile:
         """The ``k`` layers with the most ``by`` (own counts: macs, flops, params, self_latency_ms ...).
 
         A ranking by a latency column that :meth:`ranking_note` calls unreliable carries the note in
-        ``.attrs["note"]`` and warns (:class:`~nbopt.timing.NoisyTimingWarning`).
+        ``.attrs["note"]`` and warns (:class:`~nbopt.errors.NoisyTimingWarning`).
         """
         if by not in self.table.columns:
             raise NboptError(f"unknown column {by!r}; choose one of {', '.join(self.table.columns)}")
