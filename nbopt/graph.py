@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import logging
 import os
 import re
 import traceback
@@ -36,10 +37,14 @@ def export_program(model: nn.Module, inputs: Any) -> torch.export.ExportedProgra
 
 
 def capture(model: nn.Module, inputs: Any) -> torch.export.ExportedProgram:
-    """``torch.export`` of an eval-mode copy of ``model`` under no_grad; a failure names the module at fault."""
+    """``torch.export`` of an eval-mode copy of ``model`` under no_grad; a failure names the module at fault.
+
+    torch's logging and prints during the capture (graph dumps of a failed guard, symbolic-shape warnings) are
+    silenced (:func:`quiet`): the error nbopt raises says what went wrong.
+    """
     work = working_copy(model).eval()
     try:
-        with torch.no_grad():
+        with quiet(), torch.no_grad():
             return export_program(work, inputs)
     except Exception as exc:
         raise export_error(exc, model, "torch.export (graph capture)") from None
@@ -109,11 +114,35 @@ def module_of(node: torch.fx.Node) -> tuple[str, str]:
 # ---------------------------------------------------------------- ONNX
 
 
+_QUIET_LOGGERS = ("torch", "executorch", "onnxscript")
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Swallow the exporters' progress prints (core modules never print)."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+    """Swallow the exporters' progress prints and torch's graph/export logging (core modules never print).
+
+    stdout/stderr are redirected, and the ``torch`` (``torch.export``, ``torch.fx``, dynamo), ``executorch`` and
+    ``onnxscript`` loggers are raised to ERROR for the block: their handlers hold the original stream, which a
+    redirect does not reach.
+    """
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (torch.onnx colours its messages)."""
+    return _ANSI.sub("", text)
 
 
 def export_onnx(model: nn.Module, example: Any, path: str | os.PathLike, *, opset: int | None = None,
@@ -200,6 +229,16 @@ def user_line(exc: BaseException) -> str | None:
     return None
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception ``exc`` was raised from (torch.onnx wraps the real error in a TorchExportError
+    whose own message only says which step failed)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen and str(exc.__cause__).strip():
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
 def _messages(exc: BaseException | None) -> str:
     """The messages of ``exc`` and every exception it was raised from or during."""
     parts, seen = [], set()
@@ -219,7 +258,7 @@ def capture_error(exc: BaseException, model: nn.Module, backend: str) -> Unsuppo
     line = user_line(exc)
     loc = (f" in module {where!r}" if where else "") + (f" at {line}" if line else "")
     return UnsupportedModelError(
-        f"the {backend} int8 path could not capture the model{loc}: {describe_exception(exc)}. "
+        f"the {backend} int8 path could not capture the model{loc}: {strip_ansi(describe_exception(exc))}. "
         "Typical cause: data-dependent control flow (an `if` on tensor values) or an unsupported op. "
         "Ways out: mode='dynamic' (weights only), mode='simulate' to study accuracy, rewrite that branch "
         "with torch.where/torch.cond, or quantize the model without that module (exclude it by "
@@ -241,5 +280,8 @@ def export_error(exc: BaseException, model: nn.Module, fmt: str) -> UnsupportedM
             "cannot be captured in a graph). Way out: rewrite the branch with tensor ops (torch.where) or "
             "torch.cond, or export with format='torchscript', whose tracer freezes the branch taken on the "
             "example inputs.")
-    return UnsupportedModelError(f"{fmt} export failed: {describe_exception(exc)}. Check that the model runs "
-                                 "under torch.export.export(model, args), or try another format.")
+    where = failing_module(root_cause(exc), model)
+    loc = f" in module {where!r}" if where else ""
+    return UnsupportedModelError(f"{fmt} export failed{loc}: {strip_ansi(describe_exception(root_cause(exc)))}. "
+                                 "Check that the model runs under torch.export.export(model, args), or try another "
+                                 "format.")

@@ -13,8 +13,8 @@ from torch import nn
 from .deployment.export import ExportResult, check_format, export
 from .deployment.fuse import fuse
 from .deployment.runtime import RuntimeModule
-from .errors import NboptError
-from .inputs import batch_inputs, batches, call, check_device, check_module
+from .errors import NboptError, UnsupportedModelError
+from .inputs import batch_inputs, batches, call, check_device, check_module, tensors_in
 from .model_state import disk_bytes, working_copy
 from .profiling import profile
 from .pruning import Pruner
@@ -103,14 +103,19 @@ def count(model: nn.Module, inputs: Any) -> tuple[float, float]:
 
 
 def outputs_on(model: nn.Module, calib: Any, limit: int) -> list[torch.Tensor]:
-    """Model outputs (first tensor) on up to ``limit`` calibration batches."""
+    """Model outputs on up to ``limit`` calibration batches: the first tensor of each output, whatever its
+    structure (a tensor, a tuple/list, a dict, nested)."""
     outs = []
     with torch.no_grad():
         for i, batch in enumerate(batches(calib)):
             if i >= limit:
                 break
             out = call(model, batch_inputs(batch))
-            outs.append((out[0] if isinstance(out, (tuple, list)) else out).detach().float())
+            first = next(tensors_in(out), None)
+            if first is None:
+                raise NboptError(f"{type(model).__name__} returned no tensor ({type(out).__name__}); optimize "
+                                 "measures fidelity on the model's first output tensor.")
+            outs.append(first.detach().float())
     return outs
 
 
@@ -177,8 +182,11 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
     from tqdm.auto import tqdm
 
     for step in tqdm(names, desc="optimize", disable=not progress):
-        _STEP_FUNCS[step](run, state, result, prune_amount=prune_amount, finetune=finetune,
-                          backend=quant_backend, fmt=fmt, path=path, progress=progress)
+        try:
+            _STEP_FUNCS[step](run, state, result, prune_amount=prune_amount, finetune=finetune,
+                              backend=quant_backend, fmt=fmt, path=path, progress=progress)
+        except UnsupportedModelError as exc:  # a step this model cannot take: record it, go on with the model as is
+            run.skip(step, f"skipped, the model is kept as it was: {exc}")
     result.table = pd.DataFrame(run.rows, columns=COLUMNS).set_index("step")
     result.notes.extend(run.noise)
     result.model = result.model or state.model
@@ -206,8 +214,11 @@ def _prune(run: _Run, state: _State, result: OptimizeResult, *, prune_amount: fl
         run.skip("prune", "prune_amount=0")
         return
     pruner = Pruner(state.model, run.inputs, progress=progress).set(amount=prune_amount, structured=True)
+    before = sum(p.numel() for p in state.model.parameters())
     state.model = pruner.export().eval()
-    note = f"structured: {prune_amount:.0%} of channels removed"
+    after = sum(p.numel() for p in state.model.parameters())
+    note = (f"structured: {prune_amount:.0%} of channels removed" if after < before else
+            f"structured at {prune_amount:.0%}: no channel was removed, the model is unchanged")
     if finetune is not None:
         tuned = finetune(state.model)
         state.model = (tuned if isinstance(tuned, nn.Module) else state.model).eval()

@@ -3,7 +3,9 @@
 ``snap = Snapshot.take(model)`` before a call, ``snap.assert_unchanged()`` after it (also after the call
 raised). Checked on the model: state_dict bit for bit (NaN equals itself), the same Parameter/buffer objects,
 ``requires_grad``, ``training`` flags, no hook on any module, no new attribute on any module (thop leaves
-``total_ops`` buffers). With ``kernel=True`` (the default) also: PyTorch's *global* module hooks, no
+``total_ops`` buffers), and the tensors modules hold in plain attributes (a tensor, a list/tuple/dict of them:
+the same objects, on the same devices; a meta count once left torchvision's ``cell_anchors`` on meta).
+With ``kernel=True`` (the default) also: PyTorch's *global* module hooks, no
 TorchDispatchMode / TorchFunctionMode left on the stacks, ``torch``, ``torch.nn.functional``, ``torch.Tensor``,
 ``nn.Module`` and the model's module classes' attributes are the same objects (calflops-style patches would show),
 grad / inference mode, default dtype and thread count. ``kernel=False`` checks the model, the global module
@@ -61,7 +63,10 @@ def same_state(model: nn.Module, fingerprint: dict[str, torch.Tensor]) -> bool:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality; unlike ``torch.equal`` a NaN equals the same NaN."""
+    """Bit-for-bit equality; unlike ``torch.equal`` a NaN equals the same NaN. Meta tensors hold no bits:
+    two meta tensors are equal (shape and dtype are compared by the caller), a meta and a real one are not."""
+    if a.is_meta or b.is_meta:
+        return a.is_meta and b.is_meta
     if a.is_floating_point() or a.is_complex():
         return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
     return torch.equal(a, b)
@@ -112,6 +117,44 @@ def module_attrs(model: nn.Module) -> dict[str, tuple]:
             for name, m in model.named_modules(remove_duplicate=False)}
 
 
+_MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _tensor_leaves(value: Any, depth: int = 0) -> tuple | None:
+    """``(id, device)`` of every tensor in a tensor or a list/tuple/dict/set of them (``None``: holds none)."""
+    if isinstance(value, torch.Tensor):
+        return ((id(value), str(value.device)),)
+    if depth > 4:
+        return None
+    if isinstance(value, dict):
+        parts = [(k, _tensor_leaves(v, depth + 1)) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        parts = [(i, _tensor_leaves(v, depth + 1)) for i, v in enumerate(value)]
+    elif isinstance(value, (set, frozenset)):
+        parts = [(None, _tensor_leaves(v, depth + 1)) for v in value]
+    else:
+        return None
+    leaves = tuple((repr(k), leaf) for k, leaf in parts if leaf is not None)
+    return leaves or None
+
+
+def plain_tensors(model: nn.Module) -> dict[str, tuple]:
+    """Tensors a module holds outside its parameters and buffers — plain tensor attributes and lists, tuples,
+    dicts of them (torchvision's ``cell_anchors``) — as ``{module.attr: its tensors' ids and devices,
+    with their positions)}``, so a call that replaces, drops or moves them (to meta tensors) shows. The container
+    itself may be a new one holding the same tensors: a forward that rebuilds its list of the same tensors
+    (``[a.to(x.device) for a in ...]`` on the device they are on) leaves the model as it was."""
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for k, v in vars(m).items():
+            if k in _MODULE_INTERNALS:
+                continue
+            leaves = _tensor_leaves(v)
+            if leaves is not None:
+                out[f"{name}.{k}" if name else k] = leaves
+    return out
+
+
 @dataclass
 class Snapshot:
     model: nn.Module | None
@@ -121,6 +164,7 @@ class Snapshot:
     flags: dict | None
     hooks: dict | None
     attrs: dict | None
+    plain: dict | None
     classes: dict
     globals_: dict
     dispatch: dict
@@ -143,6 +187,7 @@ class Snapshot:
             flags=training_flags(model) if model is not None else None,
             hooks=hook_counts(model) if model is not None else None,
             attrs=module_attrs(model) if model is not None else None,
+            plain=plain_tensors(model) if model is not None else None,
             classes=classes,
             globals_=global_hooks(),
             dispatch=dispatch_state(),
@@ -170,6 +215,10 @@ class Snapshot:
             if module_attrs(m) != self.attrs:
                 diff = {k for k, v in module_attrs(m).items() if self.attrs.get(k) != v}
                 out.append(f"module attributes changed on {sorted(diff)}")
+            plain = plain_tensors(m)
+            if plain != self.plain:
+                diff = sorted(k for k in plain.keys() | self.plain.keys() if plain.get(k) != self.plain.get(k))
+                out.append(f"plain tensor attributes (tensors, lists/dicts of tensors) replaced or moved: {diff}")
         if global_hooks() != self.globals_:
             out.append(f"global module hooks left: {global_hooks()} (before {self.globals_})")
         if dispatch_state() != self.dispatch:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -18,9 +20,9 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..errors import InputError, NboptError, UnsupportedModelError, require
-from ..graph import export_error, export_onnx, export_program, ort_session, quiet
-from ..inputs import as_args, call, check_device, check_module, tensors_in
+from ..errors import InputError, NboptError, UnsupportedModelError, describe_exception, require
+from ..graph import export_error, export_onnx, export_program, ort_session, quiet, strip_ansi
+from ..inputs import as_args, call, check_device, check_module, describe_shapes, tensors_in
 from ..model_state import working_copy
 from ..timing import Ratio, compare_pair
 from .fuse import max_abs_diff
@@ -44,6 +46,9 @@ class ExportResult:
     speedup_spread: Ratio | None = None                      # the speedup with its per-round quartiles
     noisy: bool = False                                      # the timing was noisy: the speedup is no finding
     latency_note: str = ""                                   # why ("" when quiet)
+    # path=None: the temporary folder nbopt made; removed when the last holder (this result, a RuntimeModule
+    # on its file) is garbage-collected or the interpreter exits
+    owner: "OwnedDir | None" = field(default=None, repr=False, compare=False)
 
     @property
     def speedup(self) -> float:
@@ -152,12 +157,52 @@ def check_format(fmt: str) -> str:
 # ---------------------------------------------------------------- paths
 
 
-def target_path(path: str | os.PathLike | None, fmt: Format) -> Path:
-    """Where the file goes: ``path``, ``path/model<suffix>`` for a directory, or a new temp directory."""
+class OwnedDir:
+    """A temporary folder nbopt made for itself (``export(path=None)``), removed with everything in it when this
+    object is garbage-collected or the interpreter exits (``weakref.finalize``). Whatever needs the files
+    (an :class:`ExportResult`, a :class:`~nbopt.deployment.runtime.RuntimeModule`) holds a reference to it;
+    copies share it rather than duplicate it."""
+
+    def __init__(self, prefix: str = "nbopt-export-"):
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
+        _OWNED[str(self.path)] = self
+
+    def cleanup(self) -> None:
+        """Remove the folder now."""
+        self._finalizer()
+
+    def __copy__(self) -> "OwnedDir":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "OwnedDir":
+        return self
+
+    def __repr__(self) -> str:
+        return f"OwnedDir({str(self.path)!r})"
+
+
+_OWNED: "weakref.WeakValueDictionary[str, OwnedDir]" = weakref.WeakValueDictionary()
+
+
+def owner_of(path: str | os.PathLike) -> OwnedDir | None:
+    """The :class:`OwnedDir` holding ``path`` (a file in a folder nbopt made), or None for the user's paths."""
+    p = Path(path)
+    for folder in (p, *p.parents):
+        owner = _OWNED.get(str(folder))
+        if owner is not None:
+            return owner
+    return None
+
+
+def target_path(path: str | os.PathLike | None, fmt: Format) -> tuple[Path, OwnedDir | None]:
+    """Where the file goes: ``path``, ``path/model<suffix>`` for a directory, or a new temp folder (its
+    :class:`OwnedDir` returned beside it; None for the user's paths)."""
     if path is None:
-        return Path(tempfile.mkdtemp(prefix="nbopt-export-")) / f"model{fmt.suffix}"
+        owner = OwnedDir()
+        return owner.path / f"model{fmt.suffix}", owner
     p = Path(path).expanduser()
-    return p / f"model{fmt.suffix}" if p.is_dir() else p
+    return (p / f"model{fmt.suffix}" if p.is_dir() else p), None
 
 
 def reserve_temp(final: Path) -> Path:
@@ -264,8 +309,8 @@ def lower_executorch(model: nn.Module | torch.export.ExportedProgram, inputs: An
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = model if isinstance(model, torch.export.ExportedProgram) else export_program(model, inputs)
     with quiet():
+        program = model if isinstance(model, torch.export.ExportedProgram) else export_program(model, inputs)
         return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
 
 
@@ -351,20 +396,48 @@ def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: st
     ``format``: a name in :data:`FORMATS`: "onnx" (checked in onnxruntime), "torchscript" (``torch.jit.load``)
     or "executorch" (XNNPACK delegate, checked in the ExecuTorch runtime), or one added with
     :func:`register_format`. The file is written to a temp file beside ``path`` and renamed only when the
-    export succeeded, so a failure leaves nothing behind. ``path=None`` writes into a new temporary folder.
+    export succeeded, so a failure leaves nothing behind. ``path=None`` writes into a new temporary folder,
+    removed when the result (and every ``RuntimeModule`` on its file) is garbage-collected or the kernel exits.
+
+    The model is first run eagerly on ``example_inputs``: a wrong shape, rank or dtype is a
+    :class:`~nbopt.errors.ForwardError` naming the input shapes, not an exporter error.
     """
     fmt = FORMATS[check_format(format)]
     model = unwrap(model, fmt.name)
     check_device(model, example_inputs)
-    final = target_path(path, fmt)
+    check_exportable(model, example_inputs, fmt.name)
     work = working_copy(model).eval()
-    with atomic_file(final) as tmp:
-        written = _write(fmt, work, example_inputs, tmp, ExportOptions(opset=opset), model)
-    result = ExportResult(fmt.name, final, final.stat().st_size, fmt.operators(final, written), fmt.runtime)
-    result.notes.extend(written.notes)
-    if check or latency:
-        verify(result, work, example_inputs, latency=latency, repeat=repeat)
+    with torch.no_grad():
+        call(work, example_inputs)  # the model's own failure, named with the input shapes
+    final, owner = target_path(path, fmt)
+    try:
+        with atomic_file(final) as tmp:
+            written = _write(fmt, work, example_inputs, tmp, ExportOptions(opset=opset), model)
+        result = ExportResult(fmt.name, final, final.stat().st_size, fmt.operators(final, written), fmt.runtime,
+                              owner=owner)
+        result.notes.extend(written.notes)
+        if check or latency:
+            verify(result, work, example_inputs, latency=latency, repeat=repeat)
+    except BaseException:
+        if owner is not None:
+            owner.cleanup()
+        raise
     return result
+
+
+def check_exportable(model: nn.Module, inputs: Any, fmt: str) -> None:
+    """Refuse what no format can export (meta tensors) and what ONNX cannot run (bfloat16), before writing."""
+    tensors = [*model.parameters(), *model.buffers(), *tensors_in(inputs)]
+    if any(t.device.type == "meta" for t in tensors):
+        raise InputError(
+            "the model or its inputs are on the meta device: meta tensors have shapes but no values, so there is "
+            "nothing to export or check. Materialize the model with model.to_empty(device='cpu') and load its "
+            "weights (model.load_state_dict(...)), and pass real input tensors.")
+    if fmt == "onnx" and any(t.dtype == torch.bfloat16 for t in tensors):
+        raise UnsupportedModelError(
+            "ONNX export of a bfloat16 model or input: onnxruntime's CPU kernels have no bfloat16 Conv/Gemm/"
+            "MatMul, so the exported file would not load. Export the float32 model instead "
+            "(nbopt.export(model.float(), x.float())), or use format='torchscript', which runs bfloat16.")
 
 
 def _write(fmt: Format, work: nn.Module, inputs: Any, tmp: Path, options: ExportOptions,
@@ -382,9 +455,20 @@ def _write(fmt: Format, work: nn.Module, inputs: Any, tmp: Path, options: Export
 def verify(result: ExportResult, model: nn.Module, inputs: Any, *, latency: bool = True, repeat: int = 20) -> None:
     """Fill ``result`` with the runtime's max |diff| against eager and both latencies (one interleaved timing,
     ``repeat`` calls each in blocks of 3, after the runtime's first call has built its session)."""
-    run = FORMATS[result.format].runner(result.path, inputs)
+    fmt = FORMATS[result.format]
+    try:
+        run = fmt.runner(result.path, inputs)
+        with torch.no_grad():
+            out = run()
+    except (KeyboardInterrupt, NboptError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime rejected the file: say so, without its ANSI codes
+        raise UnsupportedModelError(
+            f"the {result.format} file {result.path} was written but does not run in {result.runtime or 'its runtime'} "
+            f"on inputs {describe_shapes(inputs)}: {strip_ansi(describe_exception(exc))}. Try another format, "
+            "or float32 inputs and weights.") from None
     with torch.no_grad():
-        result.max_abs_diff = max_abs_diff(call(model, inputs), run())
+        result.max_abs_diff = max_abs_diff(call(model, inputs), out)
         if latency:
             pair = compare_pair(lambda: call(model, inputs), run, names=("eager", "runtime"), repeat=repeat)
             result.eager_latency_ms = pair.baseline.median_ms

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..inputs import tensors_in
-from .export import FORMATS, check_format
+from .export import FORMATS, check_format, owner_of
 
 
 class RuntimeModule(nn.Module):
@@ -17,11 +17,15 @@ class RuntimeModule(nn.Module):
 
     Programs of a format with a fixed batch size get other batch sizes in chunks of the example's size
     (the last chunk padded), so ``demo.evaluate`` and other loaders work unchanged.
+
+    A file in a temporary folder of ``export(path=None)`` stays as long as this module exists (it holds the
+    folder's owner), however long the export result lives.
     """
 
     def __init__(self, path: str | Path, format: str, example_inputs: Any):
         super().__init__()
         self.path, self.format = Path(path), check_format(format)
+        self._owner = owner_of(self.path)  # keeps nbopt's temp folder (if any) alive while this module is
         self.example = [t.clone() for t in tensors_in(example_inputs)]
         self.batch = self.example[0].shape[0] if self.example and self.example[0].dim() else None
         self._runners: dict[tuple, Any] = {}

@@ -84,6 +84,8 @@ class ProfileMagics(Magics):
             %profile_flops model torch.randn(1, 3, 224, 224) --by type
         """
         opts = parse(self.profile_flops, line)
+        if opts.top is not None and opts.top < 1:
+            raise UsageError(f"--top needs a positive number of layers, got {opts.top}; e.g. --top 10")
         ignore = module_types(self.shell, opts.ignore)
         if cell is None:
             prof, value = self._profile_line(opts, ignore), None

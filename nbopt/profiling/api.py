@@ -8,6 +8,7 @@ attention and RNN cells — torchvision's published "GMACs". FLOPs count every f
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import warnings
 from typing import Any, Callable, Mapping
@@ -16,8 +17,9 @@ import pandas as pd
 from torch import nn
 
 from .. import timing
-from ..errors import InputTypeError, NboptError, NoisyTimingWarning
-from ..inputs import as_args, call, check_device, check_finite, check_module, describe_shapes, model_device
+from ..errors import InputError, InputTypeError, NboptError, NoisyTimingWarning
+from ..inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, model_device,
+                      tensors_in)
 from ..model_state import preserved, size_bytes
 from .attribution import ModuleNames
 from .aten_engine import count_aten
@@ -41,6 +43,21 @@ def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
 def _check_repeat(repeat: int | None) -> None:
     if repeat is not None and repeat < 1:
         raise NboptError(f"repeat must be at least 1, got {repeat}")
+
+
+def _on_meta(model: nn.Module, inputs: Any = None) -> bool:
+    """True when any of ``model``'s parameters/buffers or of the input tensors is a meta tensor."""
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers(), tensors_in(inputs)))
+
+
+def _check_timeable(model: nn.Module, inputs: Any = None, what: str = "the model") -> None:
+    """Latency cannot be measured on meta tensors: they hold no data and run no kernels."""
+    if _on_meta(model, inputs):
+        where = "its inputs are" if not _on_meta(model) else f"{what}'s weights are"
+        raise InputError(
+            f"cannot measure latency: {where} on the meta device (no data, no kernels run, so a timing would be "
+            "meaningless). Count only with latency=False (--no-latency in the magics), or make the model real first: "
+            "model.to_empty(device='cpu') then model.load_state_dict(weights), with real inputs")
 
 
 def _latency_fields(lat: Latency | None) -> dict[str, Any]:
@@ -93,6 +110,8 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
     registry = FORMULAS.overlay(formulas)
     args, kwargs = as_args(inputs)
     check_device(model, inputs)
+    if latency:
+        _check_timeable(model, inputs)
     check_finite(inputs)
     names = ModuleNames()
     names.add_root(model)
@@ -155,6 +174,8 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
     lat = None
     if latency and tracker.root_calls:
         calls = list(tracker.root_calls)
+        for module, a, kw in calls:
+            _check_timeable(module, (a, kw), next((p for m, p in roots if m is module), None) or "the model")
 
         def replay() -> None:
             for module, a, kw in calls:
@@ -188,6 +209,8 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
         raise InputTypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
     for name, m in models.items():
         check_module(m, f"models[{name!r}]")
+        if latency:
+            _check_timeable(m, inputs, f"models[{name!r}]")
     rows = {}
     for name, m in models.items():
         p = profile(m, inputs, latency=False)

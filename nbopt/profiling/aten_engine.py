@@ -22,13 +22,89 @@ def _meta(obj: Any) -> Any:
         lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, obj)
 
 
+# a module's own bookkeeping, restored by on_meta's parameter/buffer swap or never holding tensors
+_INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "training", "_non_persistent_buffers_set"})
+
+
+def _holds_tensor(value: Any, depth: int = 0) -> bool:
+    """True for a tensor, or a list/tuple/dict/set holding one (at any depth up to a few levels)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, dict):
+        return any(_holds_tensor(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_tensor(v, depth + 1) for v in value)
+    return False
+
+
+def _contents(value: Any) -> Any:
+    """A shallow copy of a mutable container's contents (to put back in place), else ``None``."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (list, set)):
+        return list(value)
+    return None
+
+
+class _Attributes:
+    """Every module's plain ``__dict__`` entries, so that what a forward sets there goes back afterwards.
+
+    A forward may reassign or fill a plain attribute (torchvision's anchor generator sets its
+    ``cell_anchors`` list from the feature maps' device): on meta tensors that would leave meta tensors on
+    the user's model. :meth:`restore` puts back each entry that now holds a tensor (or a container of them)
+    and is not the original object, refills containers whose contents changed, and removes new entries that
+    hold tensors. Other attributes (counters, flags) are left as the forward left them, as a real run would.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved: list[tuple[nn.Module, dict[str, tuple[Any, Any]]]] = []
+        seen: set[int] = set()
+        for m in model.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            self.saved.append((m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _INTERNAL}))
+
+    def restore(self) -> None:
+        for m, entries in self.saved:
+            now = vars(m)
+            for k in [k for k in now if k not in _INTERNAL and k not in entries]:
+                if _holds_tensor(now[k]):
+                    del now[k]
+            for k, (value, contents) in entries.items():
+                current = now.get(k, _MISSING)
+                if current is not value:
+                    if current is _MISSING or _holds_tensor(current) or _holds_tensor(value):
+                        now[k] = value
+                    continue
+                if contents is None or not (_holds_tensor(contents) or _holds_tensor(value)):
+                    continue
+                if isinstance(value, dict):
+                    if value.keys() != contents.keys() or any(value[i] is not contents[i] for i in contents):
+                        value.clear()
+                        value.update(contents)
+                elif isinstance(value, list):
+                    if len(value) != len(contents) or any(a is not b for a, b in zip(value, contents)):
+                        value[:] = contents
+                elif isinstance(value, set) and value != set(contents):
+                    value.clear()
+                    value.update(contents)
+
+
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def on_meta(model: nn.Module) -> Iterator[None]:
-    """Point every parameter/buffer slot at a meta twin for one block; the originals go back in ``finally``.
+    """Point every parameter/buffer slot at a meta twin for one block; the originals go back in ``finally``,
+    and so do the plain attributes holding tensors that the forward set (see :class:`_Attributes`).
 
     (``torch.func.functional_call`` restores a module reachable under two names — a shared module — in the
     wrong order and leaves meta tensors on the user's model, so the swap is done here, once per module.)
     """
+    attributes = _Attributes(model)
     slots = [(store, k, t) for m in model.modules() for store in (m._parameters, m._buffers)
              for k, t in store.items() if t is not None]
     twins: dict[int, torch.Tensor] = {}
@@ -43,6 +119,7 @@ def on_meta(model: nn.Module) -> Iterator[None]:
     finally:
         for store, k, t in slots:
             store[k] = t
+        attributes.restore()
 
 
 def _forward(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker) -> None:

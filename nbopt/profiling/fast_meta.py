@@ -4,6 +4,10 @@ On meta tensors batch norm and activations such as hardswish go through ``torch.
 per call — more than the real CPU kernel, so counting a MobileNet on meta tensors took longer than running
 it. These ops keep their input's shape, dtype and layout, so their outputs are made directly. The checks the
 meta kernels make (channel counts, dtypes) are kept; anything unusual goes to the real meta kernel.
+
+Convolution's meta kernel is quick but skips checks the real kernels make (a grouped conv whose filters do not
+divide into its groups, a transposed conv's input channels, the bias size): those are made here before the
+meta kernel runs, so a meta count fails where a real run would.
 """
 from __future__ import annotations
 
@@ -54,9 +58,50 @@ def _batch_norm(args: tuple, kwargs: dict) -> Any:
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _check_convolution(args: tuple, kwargs: dict) -> Any:
+    """Raise what the CPU/CUDA convolution raises and the meta kernel does not check (grouped channels,
+    the bias size), then let the meta kernel make the output (``NotImplemented``)."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    x, w, bias = bound.get("input"), bound.get("weight"), bound.get("bias")
+    transposed, groups = bool(bound.get("transposed", False)), bound.get("groups", 1)
+    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor) and isinstance(groups, int)):
+        return NotImplemented
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if w.dim() < 2 or x.dim() != w.dim():
+        return NotImplemented  # the meta kernel checks ranks itself
+    if w.shape[0] % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                           f"but got weight of size [{_shape(w)}] instead")
+    if transposed:
+        expected_in, out_channels = w.shape[0], w.shape[1] * groups
+    else:
+        expected_in, out_channels = w.shape[1] * groups, w.shape[0]
+    if x.shape[1] != expected_in:
+        what = "transposed=1" if transposed else f"groups={groups}"
+        raise RuntimeError(f"Given {what}, weight of size {_shape(w)}, expected input{_shape(x)} to have "
+                           f"{expected_in} channels, but got {x.shape[1]} channels instead")
+    if isinstance(bias, torch.Tensor) and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        what = "transposed=1, " if transposed else ""
+        raise RuntimeError(f"Given {what}weight of size {_shape(w)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {_shape(bias)} instead")
+    return NotImplemented
+
+
+_CONVOLUTIONS = (aten.convolution, aten._convolution)
+
+
 def fast_meta(packet: Any) -> Callable[[tuple, dict], Any] | None:
     """A quick ``(args, kwargs) -> output`` for ``packet`` on meta tensors (NotImplemented: use the kernel)."""
     name = packet.__name__
+    if packet in _CONVOLUTIONS:
+        return _check_convolution
     if packet in _BATCH_NORMS:
         return _batch_norm
     if name in _ACTIVATIONS:

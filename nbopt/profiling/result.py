@@ -1,13 +1,14 @@
 """:class:`Profile`: the result of :func:`nbopt.profile` — the per-module table, totals and views of it."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from ..errors import NboptError, NoisyTimingWarning
+from ..errors import InputError, InputTypeError, NboptError, NoisyTimingWarning
 from ..timing import NOISY_SPREAD, MachineLoad, Timing, noise_note
 
 ACCOUNTED = (0.8, 1.25)  # per-layer self latencies should add up to this share of the whole-model latency
@@ -135,6 +136,10 @@ class Profile:
         A ranking by a latency column that :meth:`ranking_note` calls unreliable carries the note in
         ``.attrs["note"]`` and warns (:class:`~nbopt.errors.NoisyTimingWarning`).
         """
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise InputTypeError(f"top(k) needs a whole number of layers k >= 1, got {k!r}; e.g. prof.top(10)")
+        if k < 1:
+            raise InputError(f"top(k) needs k >= 1 (how many layers to show), got {k}; e.g. prof.top(10)")
         if by not in self.table.columns:
             raise NboptError(f"unknown column {by!r}; choose one of {', '.join(self.table.columns)}")
         out = self.layers.sort_values(by, ascending=False).head(k)

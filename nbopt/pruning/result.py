@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..inputs import as_args
+from ..errors import InputError, NboptError
+from ..inputs import as_args, forward_error
 from ..model_state import preserved, size_bytes
 from ..timing import Pair, Ratio
 from .pruner import Pruner
@@ -63,6 +64,10 @@ def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None,
           exclude: list[str] | None = None, overrides: dict[str, float] | None = None, criterion: str = "l1",
           round_to: int = 8, latency: bool = True, progress: bool = True) -> PruneResult:
     """Prune a copy of ``model`` once (see :class:`Pruner`); measure params, MACs, size and latency before/after."""
+    if amount is None and threshold is None:
+        raise InputError("prune() needs amount= (a fraction of weights to remove, in [0, 1), e.g. amount=0.5) "
+                         "or threshold= (remove weights with magnitude below it, e.g. threshold=0.01); "
+                         "neither was given, so nothing would be pruned")
     pruner = Pruner(model, example_inputs, layers=layers, exclude=exclude, criterion=criterion,
                     round_to=round_to, progress=progress)
     pruner.set(amount, threshold=threshold, scope=scope, structured=structured, overrides=overrides)
@@ -130,6 +135,19 @@ def measure_pair(before: nn.Module, after: nn.Module, example_inputs: Any, *, re
 
     args, kwargs = as_args(example_inputs)
     with preserved(before, eval_mode=True), preserved(after, eval_mode=True):
-        fb, fa = (lambda: before(*args, **kwargs)), (lambda: after(*args, **kwargs))
+        fb, fa = _timed_call(before, example_inputs, args, kwargs), _timed_call(after, example_inputs, args, kwargs)
         n = repeat if repeat is not None else auto_repeat(fb, budget_s=1.0, lo=9, hi=30)
         return compare_pair(fb, fa, names=("before", "after"), warmup=3, repeat=n)
+
+
+def _timed_call(model: nn.Module, example_inputs: Any, args: tuple, kwargs: dict) -> Any:
+    """``model(*args, **kwargs)`` for the timing loop; the model's own failure on any call is a ForwardError
+    naming the input shapes (the model may fail only on a later call, e.g. a state it keeps between calls)."""
+    def run() -> Any:
+        try:
+            return model(*args, **kwargs)
+        except (KeyboardInterrupt, NboptError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the inputs that caused it
+            raise forward_error(model, example_inputs, exc, " while timing latency") from None
+    return run

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import InputError, NboptError
 from ..inputs import call, check_finite, check_module
 from ..layers import eval_folded, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
 from ..timing import STEADY_BLOCK, STEADY_SETTLE_MS, Pair, compare, compare_pair, is_noisy, machine_load
-from .calibration import first_input, run_batches
+from .calibration import first_input, reusable, run_batches
 from .backends import BUILDERS, Int8Program
 from .metrics import fidelity
-from .options import MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
+from .options import LAYER_KINDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
 from .simulate import attach, calibrate, weight_qparams
@@ -35,6 +35,8 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
         model: the float model (BatchNorm is folded into the copy first).
         calib: calibration data (tensor, DataLoader or iterable of batches): fixes activation ranges and
             is what fidelity and latency are measured on. Needed unless ``act_bits=None`` in simulate mode.
+            It is read several times; a one-shot iterator (a generator) is read once into a list first, so
+            all its batches are held in memory: pass a list or a DataLoader to avoid that.
         weight_bits: bits of every Conv/Linear weight, an integer 2-16 (8 for the int8 modes).
         act_bits: bits of each layer's input activations (2-16), or None to keep them in float.
         granularity: "per_channel" (one scale per output channel) or "per_tensor" weight scales.
@@ -62,6 +64,8 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
     _check_mode(mode, opts, calib)
+    _check_quantizable(model, mode)
+    calib = reusable(calib)
     job = _prepare(model, calib, opts, evaluate, progress, repeat)
     if mode == "simulate":
         return _with_latency_note(_simulate(job))
@@ -90,6 +94,16 @@ def _prepare(model: nn.Module, calib: Any, opts: QuantOptions, evaluate: Callabl
         check_finite(example, "calibration inputs")
     return _Job(reference=working_copy(model).eval(), folded=eval_folded(working_copy(model)), calib=calib,
                 example=example, opts=opts, evaluate=evaluate, progress=progress, repeat=repeat)
+
+
+def _check_quantizable(model: nn.Module, mode: str) -> None:
+    """Simulation quantizes Conv/Linear modules: refuse a model with none rather than report a perfect score."""
+    if mode == "simulate" and not weighted_layers(model):
+        raise InputError(
+            f"mode='simulate' has nothing to quantize: the model ({type(model).__name__}) has no {LAYER_KINDS} "
+            "module, and those are the layers simulated quantization rounds (weights held as parameters and used "
+            "through functional calls such as F.conv2d are not seen), so its result would be the fp32 model. "
+            "Use mode='dynamic' or mode='int8', which quantize the captured graph, functional ops included.")
 
 
 def _check_mode(mode: str, opts: QuantOptions, calib: Any) -> None:
@@ -161,6 +175,7 @@ def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
                         "inside the compiled program; see the end-to-end fidelity.")
     if program.cpu_note:
         result.notes.append(program.cpu_note)
+    result.notes.extend(program.notes)  # what the backend changed to build it (a dtype, a compile fallback)
     if result.latency_ms:
         result.notes.append(f"Speedup {result.speedup_text()} is over the fp32 model in eager PyTorch on this CPU, "
                             f"timed interleaved on the first calibration batch: it also counts the change of "
@@ -228,11 +243,12 @@ def _finish(job: _Job, qmodel: nn.Module, *, report: pd.DataFrame, mode: str, ba
     Both models have already run on every calibration batch (the fidelity outputs) before they are timed, so
     a lazily built session or a compiled program's first-batch compile is never inside the timing.
     """
-    fid, pair = {}, None
+    fid, pair, fid_note = {}, None, None
     if job.calib is not None:
         ref_out = run_batches(job.reference, job.calib, progress=job.progress, desc="fp32 outputs")
         q_out = run_batches(qmodel, job.calib, progress=job.progress, desc="quantized outputs")
         fid = fidelity(ref_out, q_out)
+        fid_note = fid.pop("note", None)
         pair = compare_pair(lambda: call(job.reference, job.example), lambda: call(qmodel, job.example),
                             names=("fp32", "quantized"), warmup=3, repeat=job.repeat)
     acc = None
@@ -240,6 +256,8 @@ def _finish(job: _Job, qmodel: nn.Module, *, report: pd.DataFrame, mode: str, ba
         acc = {"fp32": float(job.evaluate(job.reference)), "quantized": float(job.evaluate(qmodel))}
     result = QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,
                          latency_ms={}, fidelity=fid, accuracy=acc, options=asdict(job.opts))
+    if fid_note:
+        result.notes.append(fid_note)
     if pair is not None:
         _record_latency(result, pair)
     return result

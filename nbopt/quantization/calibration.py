@@ -1,7 +1,8 @@
 """Run calibration data through a model with a progress bar, rejecting batches of the wrong shape."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,8 +41,22 @@ def calibration_inputs(calib: Any) -> Iterator[Any]:
         yield x
 
 
+def reusable(calib: Any) -> Any:
+    """``calib`` as data that can be read more than once: a one-shot iterator (a generator, ``iter(list)``,
+    ``map(...)``) is read once into a list, so every batch it yields is held in memory; anything else (a tensor,
+    a list, a DataLoader, which re-iterates) is returned as it is."""
+    return list(calib) if isinstance(calib, Iterator) else calib
+
+
 def first_input(calib: Any) -> Any:
-    """The first calibration batch's inputs (the example for export and timing)."""
+    """The first calibration batch's inputs (the example for export and timing).
+
+    ``calib`` must be re-iterable (see :func:`reusable`): reading the first batch of a one-shot iterator would
+    take it away from calibration, so that is refused with a clear error."""
+    if isinstance(calib, Iterator):
+        raise NboptError(f"the calibration data is a one-shot iterator ({type(calib).__name__}), which can be read "
+                         "only once but is needed several times: pass a list of batches or a DataLoader "
+                         "(e.g. calib=list(batches)).")
     for x in calibration_inputs(calib):
         return x
     raise NboptError(EMPTY_CALIBRATION)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import difflib
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from ..errors import NboptError
@@ -15,16 +17,31 @@ from .backends import BUILDERS
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("minmax", "percentile", "mse")
 MODES = ("simulate", "int8", "dynamic")
+LAYER_KINDS = "nn.Conv1d/Conv2d/Conv3d or nn.Linear"  # what simulate and sensitivity quantize (layers.WEIGHTED)
 BACKENDS = ("auto", *BUILDERS)  # the built-in real int8 backends (register_backend adds more)
 
 
-def check_bits(bits: int | None, what: str = "weight_bits", allow_none: bool = False) -> None:
-    """Bits must be an int in 2..16 (or None for float activations)."""
+def check_bits(bits: Any, what: str = "weight_bits", allow_none: bool = False) -> int | None:
+    """Bits must be an integer in 2..16 (or None for float activations); returns it as a plain ``int``.
+
+    Any integral type is accepted (``int``, a numpy integer, a 0-d integer tensor: whatever
+    ``operator.index`` takes); a bool, a float (even ``8.0``), a string (``"8"``) or anything else is an error,
+    never rounded or parsed.
+    """
     if bits is None and allow_none:
-        return
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        return None
+    value = None
+    if not isinstance(bits, (bool, str, bytes)) and type(bits).__name__ != "bool_" \
+            and not (isinstance(bits, torch.Tensor) and bits.dim() != 0):
+        try:
+            value = operator.index(bits)
+        except TypeError:
+            value = None
+    if value is None or not 2 <= value <= 16:
         hint = " or None to keep activations in float" if allow_none else ""
-        raise NboptError(f"{what}={bits!r} is not supported: use an integer from 2 to 16{hint}.")
+        kind = "" if value is not None or isinstance(bits, (int, float)) else f" (got {type(bits).__name__})"
+        raise NboptError(f"{what}={bits!r} is not supported: use an integer from 2 to 16{hint}{kind}.")
+    return int(value)
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -50,15 +67,14 @@ class QuantOptions:
     percentile: float = 99.99
 
     def __post_init__(self) -> None:
-        check_bits(self.weight_bits, "weight_bits")
-        check_bits(self.act_bits, "act_bits", allow_none=True)
+        object.__setattr__(self, "weight_bits", check_bits(self.weight_bits, "weight_bits"))
+        object.__setattr__(self, "act_bits", check_bits(self.act_bits, "act_bits", allow_none=True))
         check_choice(self.granularity, GRANULARITIES, "granularity")
         check_choice(self.observer, OBSERVERS, "observer")
         if not 50.0 < self.percentile <= 100.0:
             raise NboptError(f"percentile={self.percentile} must be in (50, 100], e.g. 99.99.")
-        object.__setattr__(self, "layer_bits", dict(self.layer_bits or {}))
-        for name, bits in self.layer_bits.items():
-            check_bits(bits, f"layer_bits[{name!r}]")
+        object.__setattr__(self, "layer_bits", {name: check_bits(bits, f"layer_bits[{name!r}]")
+                                                for name, bits in dict(self.layer_bits or {}).items()})
 
     def with_(self, **changes: Any) -> "QuantOptions":
         """A copy with ``changes`` applied (checked like a new one)."""

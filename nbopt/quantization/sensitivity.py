@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NboptError, PartialResultWarning, check_on_interrupt
+from ..errors import InputError, NboptError, PartialResultWarning, check_on_interrupt
 from ..inputs import call, check_module
 from ..layers import eval_folded, weighted_layers
 from ..model_state import working_copy
@@ -23,22 +23,38 @@ from .activation_cache import ActivationCache, trace
 from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
-from .options import QuantOptions, check_bits, check_finite_weights
+from .options import LAYER_KINDS, QuantOptions, check_bits, check_finite_weights
 from .simulate import weight_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
 
 
-def _metrics(ref: list[Any], out: list[Any]) -> dict[str, float]:
+TOP1, COSINE = "1 - top-1 agreement with fp32", "1 - cosine similarity with fp32"
+
+
+def _metrics(ref: list[Any], out: list[Any]) -> dict[str, Any]:
+    """The drop (1 - top-1 agreement, per sample/position/token as :func:`fidelity` decides; 1 - cosine when the
+    output has no class dimension), the output SQNR, and which drop it is."""
     f = fidelity(ref, out)
-    return {"drop": 1.0 - f.get("top1_agreement", f["cosine"]), "sqnr": f["sqnr_db"]}
+    top1 = "top1_agreement" in f
+    return {"drop": 1.0 - f["top1_agreement" if top1 else "cosine"], "sqnr": f["sqnr_db"],
+            "metric": TOP1 if top1 else COSINE}
 
 
 def _bit_list(bits: Iterable[int] | int) -> list[int]:
-    bits = sorted({int(b) for b in bits} if not isinstance(bits, int) else {bits}, reverse=True)
-    for b in bits:
-        check_bits(b, "bits")
-    return bits
+    """The distinct bit widths, widest first: one integer or an iterable of them, each 2-16, at least one.
+
+    Nothing is rounded or parsed: ``3.5``, ``"8"`` or ``True`` is an error, as :func:`check_bits` says.
+    """
+    if isinstance(bits, (str, bytes, float, bool)) or not isinstance(bits, Iterable) \
+            or getattr(bits, "ndim", None) == 0:
+        items = [bits]
+    else:
+        items = list(bits)
+    if not items:
+        raise NboptError(f"bits={bits!r} is empty: give at least one weight bit width from 2 to 16, "
+                         "e.g. bits=(8, 6, 4).")
+    return sorted({check_bits(b, "bits") for b in items}, reverse=True)
 
 
 def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
@@ -48,8 +64,11 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     """DataFrame, one row per Conv/Linear layer: ``drop_{b}bit`` (metric drop) and ``sqnr_{b}bit`` (dB).
 
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
-    drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib`` (1 - cosine for
-    non-classifier outputs), and ``sqnr`` is the output SQNR vs fp32. Plot it with
+    drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib``, measured where the
+    model makes its predictions (see :func:`nbopt.quantization.metrics.fidelity`): per sample for (N, C)
+    classifier outputs, per pixel for (N, C, H, W, ...) maps (argmax over dim 1), per token for (N, T, V)
+    sequence logits (argmax over the last dim); 1 - cosine similarity for outputs without a class dimension.
+    ``df.attrs["metric"]`` says which. ``sqnr`` is the output SQNR vs fp32. Plot it with
     ``nbopt.display.figures.plot_sensitivity(df)``; feed it to :func:`nbopt.mixed_precision`.
 
     Args:
@@ -76,15 +95,23 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     check_on_interrupt(on_interrupt)
     opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None)
     check_finite_weights(model)
+    if not weighted_layers(model):
+        raise InputError(
+            f"sensitivity has no layer to measure: the model ({type(model).__name__}) has no {LAYER_KINDS} "
+            "module, and those are the layers nbopt quantizes one at a time (weights held as parameters and "
+            "used through functional calls such as F.conv2d are not seen). For the whole model's int8 "
+            "fidelity, use quantize(model, calib, mode='dynamic') or mode='int8', which quantize the "
+            "captured graph, functional ops included.")
     inputs = list(calibration_inputs(calib))
     if not inputs:
         raise NboptError(EMPTY_CALIBRATION)
     folded = eval_folded(working_copy(model))
     layers = weighted_layers(folded)
     trial, used, batched, layout = _trial_runner(folded, inputs, evaluate, method, list(layers), len(bits))
-    rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise")
+    kinds: set[str] = set()
+    rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise", kinds)
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
-    df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else "1 - top-1 agreement with fp32",
+    df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else " / ".join(sorted(kinds)) or TOP1,
                     method=used, batched=batched, layout=layout,
                     options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
                     partial=len(rows) < len(layers), layers_total=len(layers))
@@ -92,7 +119,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
 
 
 def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, trial: Trial,
-           progress: bool, reraise: bool) -> list[dict[str, Any]]:
+           progress: bool, reraise: bool, kinds: set[str]) -> list[dict[str, Any]]:
     """One row per layer; an interrupt after the first row ends the sweep early with a warning."""
     rows: list[dict[str, Any]] = []
     try:
@@ -102,6 +129,8 @@ def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, tr
             row = {"layer": name, "type": type(layers[name]).__name__, "params": w.numel()}
             for b, cell in zip(bits, cells):
                 row[f"drop_{b}bit"], row[f"sqnr_{b}bit"] = cell["drop"], cell["sqnr"]
+                if "metric" in cell:
+                    kinds.add(cell["metric"])
             rows.append(row)
     except KeyboardInterrupt:
         if reraise or not rows:

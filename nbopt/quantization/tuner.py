@@ -145,9 +145,11 @@ class QuantTuner:
         accuracy = None
         if self.evaluate is not None:
             accuracy = {"fp32": self._fp32_accuracy, "quantized": float(self.evaluate(self.model))}
+        fid = fidelity(self._ref_out, q_out)
+        note = fid.pop("note", None)  # batches left out (empty outputs); the numbers stay floats
         return TuneResult(options=opts.__dict__.copy(),
                           report=layer_report(self.folded, self.model, qparams, opts, self.example),
-                          size_bytes=sizes, fidelity=fidelity(self._ref_out, q_out), accuracy=accuracy)
+                          size_bytes=sizes, fidelity=fid, accuracy=accuracy, notes=[note] if note else [])
 
 
 __all__ = ["QuantTuner", "TuneResult"]

@@ -372,3 +372,61 @@ def test_export_unknown_format():
     m = small_cnn()
     raises(NboptError, r"unknown export format 'tflite'; use one of onnx, torchscript, executorch\.",
            export, m, X, "tflite", model=m)
+
+
+# ---------------------------------------------------------------- bit widths that are not integers (issue 17)
+@pytest.mark.parametrize("kw, bits, shown", [
+    ("weight_bits", 3.5, r"3\.5"), ("weight_bits", 8.0, r"8\.0"), ("weight_bits", "8", r"'8'"),
+    ("weight_bits", True, "True"), ("act_bits", "8", r"'8'"), ("act_bits", 4.5, r"4\.5")])
+def test_quantize_bit_widths_not_integers(kw, bits, shown):
+    quantize = api("quantize")
+    m = small_cnn()
+    raises(NboptError, rf"^{kw}={shown} is not supported: use an integer from 2 to 16", quantize, m, X,
+           progress=False, model=m, **{kw: bits})
+
+
+def test_quantize_layer_bits_not_integers():
+    quantize = api("quantize")
+    m = small_cnn()
+    raises(NboptError, r"^layer_bits\['0'\]=3\.5 is not supported: use an integer from 2 to 16\.$", quantize, m, X,
+           layer_bits={"0": 3.5}, progress=False, model=m)
+
+
+@pytest.mark.parametrize("bits, shown", [((3.5,), r"3\.5"), (("8",), r"'8'"), ("8", r"'8'"), ((8, True), "True"),
+                                         (3.5, r"3\.5"), ((torch.tensor(8.0),), r"tensor\(8\.\)")])
+def test_sensitivity_bit_widths_not_integers(bits, shown):
+    sensitivity = api("sensitivity")
+    m = small_cnn()
+    raises(NboptError, rf"^bits={shown} is not supported: use an integer from 2 to 16", sensitivity, m, X,
+           bits=bits, progress=False, model=m)
+
+
+@pytest.mark.parametrize("empty", [(), []])
+def test_sensitivity_no_bit_widths(empty):
+    sensitivity = api("sensitivity")
+    m = small_cnn()
+    raises(NboptError, rf"^bits={empty!r} is empty: give at least one weight bit width from 2 to 16, e\.g\. "
+                       r"bits=\(8, 6, 4\)\.$".replace("[]", r"\[\]").replace("()", r"\(\)"), sensitivity, m, X,
+           bits=empty, progress=False, model=m)
+
+
+# ---------------------------------------------------------------- a model with no Conv/Linear module (issue 17)
+class _FunctionalOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 1, 3, 3))
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.w).flatten(1)
+
+
+def test_simulate_and_sensitivity_refuse_a_functional_only_model():
+    quantize, sensitivity = api("quantize"), api("sensitivity")
+    m = _FunctionalOnly().eval()
+    err = raises(NboptError, r"^mode='simulate' has nothing to quantize: the model \(_FunctionalOnly\) has no "
+                             r"nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module", quantize, m, X, progress=False, model=m)
+    assert "mode='dynamic' or mode='int8'" in str(err)
+    err = raises(NboptError, r"^sensitivity has no layer to measure: the model \(_FunctionalOnly\) has no "
+                             r"nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module", sensitivity, m, X, progress=False,
+                 model=m)
+    assert "quantize(model, calib, mode='dynamic') or mode='int8'" in str(err)

@@ -1,7 +1,7 @@
 """What every real int8 backend returns (:class:`Int8Program`) and the helpers they share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -20,6 +20,7 @@ class Int8Program:
     disk_bytes: int
     cpu: str = ""  # the CPU it was quantized for, e.g. "AVX2, no VNNI" (nbopt.cpu.CpuInfo.label)
     settings: str = ""  # the quantizer choice made for that CPU (nbopt.cpu.Int8Settings.label)
+    notes: list[str] = field(default_factory=list)  # what the backend changed to build it (e.g. a dtype)
 
     @property
     def cpu_note(self) -> str:

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
+import warnings
 from typing import Any
 
 import torch
@@ -13,7 +15,8 @@ from torch import nn
 
 from ... import graph
 from ...cpu import Int8Settings, int8_settings
-from ...inputs import tensors_in
+from ...errors import UnsupportedModelError, describe_exception
+from ...inputs import call, tensors_in
 from ..calibration import run_batches
 from .base import Int8Program, for_cpu, need, tensor_bytes
 
@@ -26,6 +29,64 @@ def capture_for_pt2e(model: nn.Module, example: Any, backend: str = "pt2e", prep
     do not. A model neither captures raises an ``UnsupportedModelError`` naming the module.
     """
     return graph.capture_dynamic_batch(model, example, backend=backend, then=prepare)
+
+
+def shared_conv_bn_safe(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Make the exported graph safe for PT2E's conv + BatchNorm folding (``_fuse_conv_bn_``) when one conv is
+    called several times (a module reused in ``forward``), in place; returns ``gm``.
+
+    torchao folds each (conv, BN) call pair into the conv's weight, skipping a weight it has already folded;
+    for a bias-less conv it then writes a *zero* bias over the folded one (the BN shift is lost: a module
+    called twice gave cosine 0.65 vs fp32). Here every call of a shared bias-less conv gets one explicit
+    zero bias, and duplicate weight reads are merged so the weight is folded once. A shared conv followed by
+    different BatchNorms cannot be folded into one weight: an :class:`UnsupportedModelError`.
+    """
+    from torchao.quantization.pt2e.utils import _is_bn_node, _is_conv_or_conv_transpose_node
+
+    groups: dict[str, list[tuple[torch.fx.Node, torch.fx.Node]]] = {}
+    for bn in gm.graph.nodes:
+        if bn.op != "call_function" or not (_is_bn_node(bn) or bn.target == torch.ops.aten.batch_norm.default):
+            continue
+        conv = bn.args[0]
+        if isinstance(conv, torch.fx.Node) and _is_conv_or_conv_transpose_node(conv) \
+                and isinstance(conv.args[1], torch.fx.Node) and conv.args[1].op == "get_attr":
+            groups.setdefault(conv.args[1].target, []).append((conv, bn))
+    changed = False
+    for target, pairs in groups.items():
+        if len(pairs) < 2:
+            continue
+        bn_params = {tuple(getattr(a, "target", a) for a in bn.args[1:5]) for _, bn in pairs}
+        if len(bn_params) > 1:
+            raise UnsupportedModelError(
+                f"the conv with weight {target!r} is called {len(pairs)} times, followed by different "
+                "BatchNorms: PT2E folds BatchNorm into the conv's one weight and would give wrong int8 outputs. Use "
+                "backend='onnxruntime', or give each call its own conv layer.")
+        first = pairs[0][0].args[1]
+        for conv, _ in pairs[1:]:  # one weight read: torchao then folds the shared weight exactly once
+            if conv.args[1] is not first:
+                conv.args = (conv.args[0], first, *conv.args[2:])
+        if len(pairs[0][0].args) < 3 or pairs[0][0].args[2] is None:
+            name = f"{target.replace('.', '_')}_nbopt_zero_bias"
+            out_channels = _constant(gm, pairs[0][1].args[3]).shape[0]  # the BN's running mean
+            gm.register_parameter(name, nn.Parameter(torch.zeros(out_channels), requires_grad=False))
+            with gm.graph.inserting_before(first.next):
+                bias = gm.graph.get_attr(name)
+            if "val" in first.meta:
+                bias.meta["val"] = first.meta["val"].new_zeros(out_channels)
+            for conv, _ in pairs:
+                args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
+                args[2] = bias
+                conv.args = tuple(args)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
+def _constant(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor:
+    """The tensor a ``get_attr`` node reads."""
+    return functools.reduce(getattr, node.target.split("."), gm)
 
 
 STATIC_BATCH_SIZES = 4  # batch sizes that get their own static program before a dynamic one takes over
@@ -41,6 +102,9 @@ class CompiledInt8(nn.Module):
     on a private copy (its own dynamo cache), used once its first output matches the uncompiled graph.
     Where dynamic lowering fails (a one-channel input at batch >= 16 in torch 2.14), static programs
     continue for every size (up to dynamo's recompile limit, then the uncompiled int8 graph).
+    Where the static compile itself fails (an Inductor lowering error: squeezenet at 32 px in torch 2.14) and
+    the uncompiled converted graph runs on the same input, that graph serves every call from then on, with a
+    warning and ``fallback`` saying why (a bad input fails in the uncompiled graph too, and raises its error).
     """
 
     def __init__(self, converted: nn.Module):
@@ -51,15 +115,18 @@ class CompiledInt8(nn.Module):
         # the dynamic program (compiled on a private copy of the graph), kept out of the module tree (no
         # state_dict duplicates); "state": "untried" | "ok" | "failed"
         self._dynamic: dict[str, Any] = {"state": "untried", "program": None}
+        self.fallback = ""  # why the uncompiled int8 graph runs instead of the compiled one ("" while compiled)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fallback:
+            return _uncompiled_call(self.converted, args, kwargs)
         size = _batch_size(args, kwargs)
         state = self._dynamic["state"]
         if size is None or size in self.static_sizes or len(self.static_sizes) < STATIC_BATCH_SIZES \
                 or state == "failed":
             if size is not None and size not in self.static_sizes:
                 self.static_sizes.append(size)
-            return _static_call(self.static, args, kwargs)
+            return self._static(args, kwargs)
         if state == "untried":
             return self._first_dynamic(args, kwargs)
         try:
@@ -67,7 +134,7 @@ class CompiledInt8(nn.Module):
         except KeyboardInterrupt:
             raise
         except Exception:  # noqa: BLE001 - a batch range whose dynamic lowering fails: static from now on
-            out = _static_call(self.static, args, kwargs)  # a bad input raises here and changes nothing
+            out = self._static(args, kwargs)  # a bad input raises here and changes nothing
             self._drop_dynamic()
             return out
 
@@ -84,11 +151,27 @@ class CompiledInt8(nn.Module):
         except Exception:  # noqa: BLE001 - torch's dynamic lowering failed for this program
             ok = False
         if not ok:
-            out = _static_call(self.static, args, kwargs)  # a bad input raises here and changes nothing
+            out = self._static(args, kwargs)  # a bad input raises here and changes nothing
             self._drop_dynamic()
             return out
         self._dynamic.update(state="ok", program=program)
         return out
+
+    def _static(self, args: tuple, kwargs: dict) -> Any:
+        """The static compiled program; where it fails but the uncompiled graph runs, that graph from now on."""
+        try:
+            return _static_call(self.static, args, kwargs)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a compile/lowering failure, or a bad input (re-raised below)
+            out = _uncompiled_call(self.converted, args, kwargs)  # a bad input raises its own error here
+            reason = describe_exception(exc)[:300]
+            self.fallback = (f"torch.compile could not compile the int8 graph ({reason}); the uncompiled int8 "
+                             "graph runs instead: the same int8 arithmetic, without Inductor's fused kernels "
+                             "(slower).")
+            self._drop_dynamic()
+            warnings.warn(f"nbopt: {self.fallback}", stacklevel=2)
+            return out
 
     def _drop_dynamic(self) -> None:
         self._dynamic.update(state="failed", program=None)
@@ -107,6 +190,11 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
 def _static_call(program: Any, args: tuple, kwargs: dict) -> Any:
     import torch._inductor.config as inductor_config
     with torch.no_grad(), inductor_config.patch(freezing=True):
+        return program(*args, **kwargs)
+
+
+def _uncompiled_call(program: Any, args: tuple, kwargs: dict) -> Any:
+    with torch.no_grad():
         return program(*args, **kwargs)
 
 
@@ -150,10 +238,17 @@ def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(
         is_dynamic=dynamic, reduce_range=settings.reduce_range))
-    prepared = capture_for_pt2e(model, example, prepare=lambda g: prepare_pt2e(g, quantizer))
+    prepared = capture_for_pt2e(model, example, prepare=lambda g: prepare_pt2e(shared_conv_bn_safe(g), quantizer))
     run_batches(prepared, calib if calib is not None else example, progress=progress, desc="calibrating (pt2e)")
     converted = convert_pt2e(prepared)
     buf = io.BytesIO()
     torch.save(converted.state_dict(), buf)
     dense = tensor_bytes(converted.state_dict().values())
-    return for_cpu(Int8Program("pt2e", CompiledInt8(converted), dense, buf.getbuffer().nbytes), settings)
+    compiled = CompiledInt8(converted)
+    program = for_cpu(Int8Program("pt2e", compiled, dense, buf.getbuffer().nbytes), settings)
+    with warnings.catch_warnings():  # compile once on the example: a lowering failure becomes a note here
+        warnings.simplefilter("ignore")
+        call(compiled, example)
+    if compiled.fallback:
+        program.notes.append(compiled.fallback)
+    return program
