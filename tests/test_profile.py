@@ -81,6 +81,19 @@ def test_plot_has_macs_and_latency_panels(demo_model):
     assert len(fig.axes[0].patches) == 5
 
 
+@pytest.mark.parametrize("note", ["", "layer timings are noisy"])
+def test_plot_marks_an_unreliable_latency_ranking_and_only_then(demo_model, monkeypatch, note):
+    """A quiet run and a noisy one both draw (the label turns red and says so only when the ranking is unreliable)."""
+    import matplotlib
+    from matplotlib.colors import to_rgba
+    matplotlib.use("Agg")
+    prof = nbopt.profile(demo_model, torch.randn(1, 1, 8, 8), repeat=3)
+    monkeypatch.setattr(type(prof), "ranking_note", lambda self, *a, **k: note)
+    label = prof.plot(k=5).axes[1].xaxis.label
+    assert ("ranking unreliable" in label.get_text()) == bool(note)
+    assert (to_rgba(label.get_color()) == to_rgba("tab:red")) == bool(note)
+
+
 def test_keyword_inputs_and_tuple_inputs():
     class Two(nn.Module):
         def __init__(self):

@@ -45,7 +45,7 @@ def plot_profile(profile: Any, k: int = 10) -> Any:
         unreliable = profile.ranking_note(k) if hasattr(profile, "ranking_note") else ""
         axes[0][1].set_xlabel("ms (own, median; bars: IQR)" +
                               ("\nranking unreliable: see Profile.ranking_note()" if unreliable else ""),
-                              color="tab:red" if unreliable else None)
+                              **({"color": "tab:red"} if unreliable else {}))
     fig.tight_layout()
     return fig
 
