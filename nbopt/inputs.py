@@ -65,11 +65,13 @@ def channels_last(inputs: Any) -> Any:
         torch.Tensor, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t, inputs)
 
 
+def _checkable(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or float8 (no ``isfinite``/``isnan`` kernels) in float32, which holds every float8 value exactly."""
+    return t.to(torch.float32) if t.element_size() == 1 else t
+
+
 def _all_finite(t: torch.Tensor) -> bool:
-    """``torch.isfinite(t).all()``; float8 (no ``isfinite`` kernel) is checked in float32, which holds it exactly."""
-    if t.element_size() == 1:  # float8_e4m3fn, float8_e5m2, ... (every float8 value is a float32 value)
-        t = t.to(torch.float32)
-    return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(_checkable(t)).all())
 
 
 def check_finite(inputs: Any, what: str = "inputs") -> None:
@@ -83,8 +85,9 @@ def check_finite_weights(model: nn.Module, consequence: str) -> None:
     """Raise naming the first parameter or buffer holding NaN or Inf; ``consequence`` says what that breaks."""
     tensors = [("parameter", n, t) for n, t in model.named_parameters()]
     for what, name, t in tensors + [("buffer", n, t) for n, t in model.named_buffers()]:
-        if not t.is_floating_point() or t.device.type == "meta" or bool(torch.isfinite(t).all()):
+        if not t.is_floating_point() or t.device.type == "meta" or _all_finite(t):
             continue
+        t = _checkable(t)
         kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
         raise InputError(f"{what} {name!r} holds {kind} values ({int((~torch.isfinite(t)).sum())} of "
                          f"{t.numel()}), so {consequence}. Fix the model first: reload a good checkpoint or find "

@@ -355,3 +355,18 @@ def test_attention_variants_meta_equals_real():
     for model, inputs, macs in variants:
         meta, real = meta_and_real(model, *inputs)
         assert meta == real and meta[0] == macs
+
+
+def test_float8_weights_pass_and_fail_the_finite_check_like_float32_ones():
+    """The weight check (Pruner, quantize) uses the same float8-safe test as the input check."""
+    from nbopt.errors import InputError
+    from nbopt.inputs import check_finite_weights
+
+    m = nn.Linear(4, 3)
+    m.weight.data = m.weight.data.to(torch.float8_e4m3fn)
+    check_finite_weights(m, "it breaks")  # finite float8 weights pass
+    w = m.weight.data.to(torch.float32)
+    w[0, 0] = float("nan")
+    m.weight.data = w.to(torch.float8_e4m3fn)
+    with pytest.raises(InputError, match=r"parameter 'weight' holds NaN values \(1 of 12\), so it breaks\."):
+        check_finite_weights(m, "it breaks")
