@@ -23,6 +23,7 @@ from ..inputs import (as_args, call, check_device, check_finite, check_module, d
 from ..model_state import preserved, size_bytes
 from .attribution import ModuleNames
 from .aten_engine import count_aten
+from .calls import calls_table, copy_note, fresh, needs_copy
 from .counter import OpCounter
 from .formulas import FORMULAS
 from .latency import Latency, measure_latency
@@ -67,18 +68,25 @@ def _latency_fields(lat: Latency | None) -> dict[str, Any]:
     return {"latency_ms": lat.median_ms, "timing": lat.whole, "load": lat.load}
 
 
-def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str = "aten",
-            custom_ops: Mapping[type, Callable] | None = None, ignore_ops: Any = None,
+def profile(model: nn.Module | Callable[..., Any], inputs: Any = None, *, latency: bool = True,
+            engine: str = "aten", custom_ops: Mapping[type, Callable] | None = None, ignore_ops: Any = None,
             warmup: int = 2, repeat: int | None = None, execution: str = "auto",
             formulas: FormulaMap | None = None, custom_ops_scope: str = "own") -> Profile:
     """Profile ``model`` on ``inputs``: one row per module with params, MACs, FLOPs, latency and memory.
 
-    The model is run in eval mode under ``no_grad`` and left exactly as it was.
+    The model is run in eval mode under ``no_grad`` and left exactly as it was; inputs that a forward may change
+    (a ``DynamicCache``, a ``ModelOutput``, any object that is not a tensor) are copied before every forward, so
+    they are left as they were too (``prof.notes`` says so).
 
     Args:
-        model: the ``nn.Module`` to profile.
+        model: the ``nn.Module`` to profile (weights on the meta device count without memory, see latency), or,
+            without ``inputs``, a function of no arguments that runs models (``lambda: model.generate(ids)``):
+            it is run once, every top-level forward it makes is counted, and ``prof.calls`` has one row per
+            forward (prefill, then each decode step); see :func:`profile_code`.
         inputs: a tensor, a tuple of positional tensors, or a dict of keyword inputs.
-        latency: also time the whole forward and every module (``False``: counts only, much quicker).
+        latency: also time the whole forward and every module (``False``: counts only, much quicker). A model
+            whose weights are on the meta device (built under ``torch.device("meta")``) has no data to time:
+            count it with ``latency=False``, in seconds and without allocating its weights.
         engine: ``"aten"`` counts at the ATen dispatch level (complete: functional ops, attention,
             einsum, interpolation, RNNs); ``"thop"`` reports thop's own numbers (positional inputs only).
         custom_ops: ``{ModuleType: rule(module, inputs, output)}``, thop-style rules that add MACs to
@@ -92,12 +100,26 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
         warmup: untimed forwards before timing (``latency=True``).
         repeat: timed forwards whose median is reported; ``None`` picks a count that fits about a second.
         execution: ``"auto"`` counts on meta tensors when only shapes are needed (no latency), falling
-            back to a real run; ``"meta"`` insists on meta tensors; ``"real"`` runs on the real inputs.
+            back to a real run (``prof.notes`` says why); ``"meta"`` insists on meta tensors; ``"real"`` runs on
+            the real inputs. Meta counts try plain meta tensors, then fake tensors (which let libraries such as
+            transformers skip their data-dependent checks).
         formulas: ``{op: fn}`` counting formulas for this call only, laid over the global registry (they
             win over built-in and registered ones; nothing is kept). ``op`` and ``fn`` are as in
             :func:`~nbopt.profiling.formulas.register_formula` (``engine="aten"`` only).
     """
+    if inputs is None and callable(model) and not isinstance(model, (nn.Module, type)):
+        if engine != "aten" or execution == "meta":
+            raise NboptError("a callable is profiled by running it: it needs engine='aten' and real execution "
+                             "(pass the model itself with its inputs to count on meta tensors)")
+        prof, _ = profile_code(model, name_for=lambda m: type(m).__name__, latency=latency, custom_ops=custom_ops,
+                               ignore_ops=ignore_ops, warmup=warmup, repeat=repeat, formulas=formulas,
+                               custom_ops_scope=custom_ops_scope)
+        return prof
     check_module(model)
+    if inputs is None:
+        raise InputTypeError("profile(model, inputs) needs the model's inputs: a tensor, a tuple of positional "
+                             "tensors or a dict of keyword arguments, e.g. nbopt.profile(model, torch.randn(1, 3, "
+                             "224, 224)); or pass a callable that runs the model, e.g. lambda: model.generate(ids)")
     _check_choice(engine, ENGINES, "engine")
     _check_choice(execution, EXECUTIONS, "execution")
     _check_repeat(repeat)
@@ -109,10 +131,19 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
                          "children (custom_ops_scope='own')")
     registry = FORMULAS.overlay(formulas)
     args, kwargs = as_args(inputs)
-    check_device(model, inputs)
+    notes: list[str] = []
+    meta_model = _on_meta(model)
+    if meta_model and not latency and (execution == "real" or engine == "thop"):
+        raise InputError("this model's weights are on the meta device (no data), so it cannot run on real "
+                         "tensors; count it with execution='auto' or 'meta' and engine='aten'")
+    if latency or not meta_model:  # a meta model counts on real inputs too: they are read for their shapes
+        check_device(model, inputs)
     if latency:
         _check_timeable(model, inputs)
     check_finite(inputs)
+    copies = needs_copy(args, kwargs)
+    if copies:
+        notes.append(copy_note(args, kwargs))
     names = ModuleNames()
     names.add_root(model)
     counter: OpCounter | None = None
@@ -120,23 +151,24 @@ def profile(model: nn.Module, inputs: Any, *, latency: bool = True, engine: str 
         if formulas:
             raise NboptError("formulas= counts ATen ops and needs engine='aten'; thop counts modules "
                              "(use custom_ops for thop rules)")
-        tracker, own_macs, own_flops = count_thop(model, args, kwargs, names, custom, ignore)
+        tracker, own_macs, own_flops = count_thop(model, fresh(args), fresh(kwargs), names, custom, ignore)
         used = "real"
     else:
         if execution == "auto" and latency:
             execution = "real"
         tracker, counter, used = count_aten(model, args, kwargs, names, custom, ignore, execution, registry,
-                                            custom_ops_scope)
+                                            custom_ops_scope, notes)
         own_macs = own_flops = None
     lat = None
     if latency:
-        run = lambda: call(model, inputs)  # noqa: E731 - a failure is a ForwardError too
+        run = lambda: call(model, fresh(inputs) if copies else inputs)  # noqa: E731 - a failure is a ForwardError too
         with preserved(model, eval_mode=True):
             lat = measure_latency(run, names, warmup, repeat, model_device(model))
     table = build_table(names, tracker, own_macs, own_flops, lat.modules if lat else None)
     return Profile.from_table(table, **_latency_fields(lat), uncounted=dict(counter.uncounted) if counter else {},
                               coverage=counter.coverage if counter else 1.0, engine=engine, execution=used,
-                              inputs=describe_shapes(inputs))
+                              inputs=describe_shapes(inputs), notes=notes,
+                              calls=calls_table(tracker.calls) if counter else None)
 
 
 def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str | None],
@@ -146,9 +178,12 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
     """Profile every ``nn.Module`` forward that ``run()`` performs (the cell magic's core).
 
     ``name_for(module)`` names each model that starts running at top level (``None`` skips it). ``run`` is
-    executed once, as it is (its value is returned); latency replays the recorded model calls in eval mode.
-    ``custom_ops``, ``ignore_ops``, ``custom_ops_scope``, ``warmup``, ``repeat`` and ``formulas`` are as in
-    :func:`profile`.
+    executed once, as it is (its value is returned); latency replays the recorded model calls in eval mode, each
+    on a copy of the inputs it was given (taken before that call ran: a ``generate()`` decode step replays with
+    the KV cache it saw). ``prof.calls`` has one row per top-level forward (prefill, then each decode step:
+    tokens in, MACs, MACs per generated token, KV-cache bytes read). ``custom_ops``, ``ignore_ops``,
+    ``custom_ops_scope``, ``warmup``, ``repeat`` and
+    ``formulas`` are as in :func:`profile`.
     """
     _check_repeat(repeat)
     custom = check_op_types(custom_ops, "custom_ops")
@@ -166,20 +201,24 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
 
     tracker = rule_tracker(names, custom, ignore, on_new_root, custom_ops_scope)
     tracker.record_root_calls = True
+    tracker.copy_root_calls = bool(latency)  # copies of every call's inputs, to replay them for timing
     counter = OpCounter(tracker, formulas=registry)
     with tracker.active(), counter:
         value = run()
     if not roots:
         raise NboptError("the code ran no torch.nn.Module; call a model in it, e.g. `model(x)`")
+    notes: list[str] = []
+    calls = list(tracker.root_calls)
     lat = None
-    if latency and tracker.root_calls:
-        calls = list(tracker.root_calls)
+    if latency and calls:
+        if any(needs_copy(a, kw) for _, a, kw in calls):
+            notes.append(copy_note(*[(a, kw) for _, a, kw in calls[:1]]))
         for module, a, kw in calls:
             _check_timeable(module, (a, kw), next((p for m, p in roots if m is module), None) or "the model")
 
         def replay() -> None:
             for module, a, kw in calls:
-                module(*a, **kw)
+                module(*fresh(a), **fresh(kw))
 
         with contextlib.ExitStack() as stack:
             for m, _ in roots:
@@ -188,7 +227,8 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
     table = build_table(names, tracker, latencies=lat.modules if lat else None)
     shapes = "; ".join(describe_shapes((a, kw) if kw else a) for _, a, kw in tracker.root_calls[:3])
     prof = Profile.from_table(table, **_latency_fields(lat), uncounted=dict(counter.uncounted),
-                              coverage=counter.coverage, engine="aten", execution="real", inputs=shapes)
+                              coverage=counter.coverage, engine="aten", execution="real", inputs=shapes,
+                              notes=notes, calls=calls_table(tracker.calls))
     return prof, value
 
 

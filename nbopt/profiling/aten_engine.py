@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, Iterator
 
 import torch
@@ -11,6 +12,7 @@ from ..errors import NboptError, describe_exception
 from ..inputs import forward_error
 from ..model_state import preserved
 from .attribution import ModuleNames, ModuleTracker
+from .calls import fresh
 from .counter import OpCounter
 from .formulas import FormulaRegistry
 from .thop_engine import rule_tracker
@@ -122,6 +124,16 @@ def on_meta(model: nn.Module) -> Iterator[None]:
         attributes.restore()
 
 
+@contextlib.contextmanager
+def attributes_restored(model: nn.Module) -> Iterator[None]:
+    """Put back the plain attributes holding tensors that a forward set (see :class:`_Attributes`)."""
+    attributes = _Attributes(model)
+    try:
+        yield
+    finally:
+        attributes.restore()
+
+
 def _forward(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker) -> None:
     """One forward; a failure is a ForwardError naming the inputs and the layer that raised."""
     try:
@@ -132,17 +144,40 @@ def _forward(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker
         raise forward_error(model, (args, kwargs), exc, tracker.failed_at(exc)) from None
 
 
-def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, on_meta_tensors: bool,
+def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTracker, mode: str,
                  formulas: FormulaRegistry) -> OpCounter:
-    """One eval-mode, no_grad forward under an :class:`OpCounter`; the model is left as it was."""
-    counter = OpCounter(tracker, meta=on_meta_tensors, formulas=formulas)
-    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active(), counter:
-        if on_meta_tensors:
-            with on_meta(model):
+    """One eval-mode, no_grad forward under an :class:`OpCounter`; the model is left as it was.
+
+    ``mode``: ``"real"`` (the inputs as given), ``"meta"`` (meta tensors) or ``"fake"`` (meta tensors under a
+    ``FakeTensorMode``, see :func:`_fake_mode`).
+    """
+    args, kwargs = fresh(args), fresh(kwargs)  # a forward may change a cache it is given: never the caller's
+    counter = OpCounter(tracker, meta=mode != "real", formulas=formulas)
+    with preserved(model, eval_mode=True), torch.no_grad(), tracker.active():
+        if mode == "real":
+            with counter:
+                _forward(model, args, kwargs, tracker)
+        elif mode == "meta":
+            with on_meta(model), counter:
                 model(*_meta(args), **_meta(kwargs))
-        else:
-            _forward(model, args, kwargs, tracker)
+        else:  # real weights and inputs become fake on the fly (no data is copied, none is written)
+            if _model_on_meta(model):
+                args, kwargs = _meta(args), _meta(kwargs)
+            with attributes_restored(model), _fake_mode(), counter:
+                model(*args, **kwargs)
     return counter
+
+
+def _fake_mode() -> Any:
+    """A ``FakeTensorMode`` that takes real tensors too: weights, inputs and the tensors inside a cache object
+    become fake (shape-only) tensors on the device they are on, so the model picks the kernels it picks there.
+
+    Libraries skip their data-dependent checks under fake tensors (transformers' ``is_tracing``: packed-sequence
+    detection, mask shortcuts), which plain meta tensors cannot answer (``Tensor.item()``); the counter sits above
+    the fake mode, so it sees every op first.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    return FakeTensorMode(allow_non_fake_inputs=True)
 
 
 def _meta_failure(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, exc: Exception,
@@ -151,24 +186,59 @@ def _meta_failure(model: nn.Module, args: tuple, kwargs: dict, names: ModuleName
     model that needs real data (an op without a meta kernel, a branch on tensor values)."""
     tracker = ModuleTracker(names)
     with preserved(model, eval_mode=True), torch.no_grad(), tracker.active():
-        _forward(model, args, kwargs, tracker)
+        _forward(model, fresh(args), fresh(kwargs), tracker)
     return NboptError(f"this model cannot run on meta tensors{where} ({describe_exception(exc)}), though it runs "
                       "on real ones; count it with execution='real' (or 'auto', which falls back by itself)")
 
 
 def count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, custom_ops: dict,
-               ignore_ops: tuple, execution: str, formulas: FormulaRegistry, custom_ops_scope: str = "own"
-               ) -> tuple[ModuleTracker, OpCounter, str]:
+               ignore_ops: tuple, execution: str, formulas: FormulaRegistry, custom_ops_scope: str = "own",
+               notes: list[str] | None = None) -> tuple[ModuleTracker, OpCounter, str]:
     """Count one forward: ``execution`` ``"meta"``, ``"real"`` or ``"auto"`` (meta, falling back to real).
 
-    Returns the tracker (per-module stats), the counter (uncounted ops, coverage) and the execution used.
+    Meta tries plain meta tensors, then fake tensors (for models whose code asks a tensor's value, which fake
+    tensors let libraries skip). Returns the tracker (per-module stats), the counter (uncounted ops, coverage)
+    and the execution used; why an ``"auto"`` count fell back to real goes to ``notes``.
     """
+    def make() -> ModuleTracker:
+        return rule_tracker(names, custom_ops, ignore_ops, custom_ops_scope=custom_ops_scope)
+
     if execution in ("auto", "meta"):
-        tracker = rule_tracker(names, custom_ops, ignore_ops, custom_ops_scope=custom_ops_scope)
-        try:
-            return tracker, _run_counted(model, args, kwargs, tracker, True, formulas), "meta"
-        except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
-            if execution == "meta":
-                raise _meta_failure(model, args, kwargs, names, exc, tracker.failed_at(exc)) from None
-    tracker = rule_tracker(names, custom_ops, ignore_ops, custom_ops_scope=custom_ops_scope)
-    return tracker, _run_counted(model, args, kwargs, tracker, False, formulas), "real"
+        failures: list[tuple[Exception, str]] = []
+        for mode in ("meta", "fake"):
+            tracker = make()
+            try:
+                return tracker, _run_counted(model, args, kwargs, tracker, mode, formulas), "meta"
+            except NboptError:
+                raise
+            except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
+                failures.append((exc, tracker.failed_at(exc)))
+        failure, where = _telling(failures)
+        if _model_on_meta(model):
+            raise NboptError(f"this model's weights are on the meta device and it cannot be counted on meta "
+                             f"tensors{where} ({describe_exception(failure)}); check the inputs (shapes, dtypes, "
+                             "keyword names), or build the model on a real device to count it on real tensors")
+        if execution == "meta":
+            raise _meta_failure(model, args, kwargs, names, failure, where) from None
+        if notes is not None:
+            notes.append(f"counted on real tensors: the model cannot run on meta tensors{where} "
+                         f"({describe_exception(failure)})")
+    tracker = make()
+    return tracker, _run_counted(model, args, kwargs, tracker, "real", formulas), "real"
+
+
+def _needs_values(exc: Exception) -> bool:
+    """A failure because the code asked for a tensor's value (``.item()``, ``bool(t)``, a data-dependent shape)."""
+    return "cannot be called on meta tensors" in str(exc) or type(exc).__name__ in (
+        "DataDependentOutputException", "DynamicOutputShapeException")
+
+
+def _telling(failures: list[tuple[Exception, str]]) -> tuple[Exception, str]:
+    """The failure to report of the meta and fake attempts: the meta one (its message is the plainer), unless
+    fake tensors got past the value the meta run needed and failed for another reason."""
+    (meta, meta_where), (fake, fake_where) = failures
+    return (fake, fake_where) if _needs_values(meta) and not _needs_values(fake) else (meta, meta_where)
+
+
+def _model_on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))

@@ -16,6 +16,7 @@ from torch.nn.modules import module as _module
 
 from ..inputs import describe_shapes, tensor_list
 from ..layers import ROOT
+from .calls import CallStats, fresh, new_call
 
 OUTSIDE = "(outside modules)"
 
@@ -119,7 +120,9 @@ class ModuleTracker:
         self.suppressed = 0
         self._suppress_flags: list[bool] = []
         self.record_root_calls = False
-        self.root_calls: list[tuple[nn.Module, tuple, dict]] = []
+        self.copy_root_calls = True
+        self.root_calls: list[tuple[nn.Module, tuple, dict]] = []  # inputs copied before the call (see .calls)
+        self.calls: list[CallStats] = []  # one per top-level forward of a tracked model
         self.failure: tuple[BaseException, str, str, str] | None = None  # (error, module, type, its inputs)
 
     @property
@@ -142,6 +145,14 @@ class ModuleTracker:
         st = self.stats_for(self.current)
         st.macs += macs
         st.flops += flops
+        if self.stack and self.stack[0][2] and self.calls:
+            self.calls[-1].macs += macs
+            self.calls[-1].flops += flops
+
+    def add_kv(self, nbytes: int, context: int) -> None:
+        """Keys and values read by an attention kernel in the current top-level call."""
+        if self.stack and self.stack[0][2] and self.calls and not self.suppressed:
+            self.calls[-1].add_kv(nbytes, context)
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         if not self.stack and id(module) not in self.names.names:
@@ -153,9 +164,13 @@ class ModuleTracker:
         if self.stack and not self.stack[-1][2]:
             self.stack.append((module, "", False))  # inside an untracked module
             return
-        if not self.stack and self.record_root_calls:
-            self.root_calls.append((module, args, _call_kwargs()))
         name = self.names.name(module, self.stack[-1][1] if self.stack else None)
+        if not self.stack:
+            kwargs = _call_kwargs()
+            self.calls.append(new_call(name, args, kwargs))
+            if self.record_root_calls:  # copied now: the forward may mutate them (a KV cache grows)
+                copy = fresh if self.copy_root_calls else (lambda obj: obj)
+                self.root_calls.append((module, copy(args), copy(kwargs)))
         st = self.stats_for(name, module)
         st.calls += 1
         tensors = tensor_list(args)

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attribution import ModuleNames, ModuleTracker
 from .fast_meta import fast_meta
-from .formulas import FORMULAS, POINTWISE, Cost, FormulaRegistry, is_pointwise, is_view
+from .formulas import ATTENTION_KEY_SEQ_DIM, FORMULAS, POINTWISE, Cost, FormulaRegistry, is_pointwise, is_view
 from .formulas.registry import Counting
 
 _COMPOSITE = "CompositeImplicitAutograd"
@@ -49,10 +49,14 @@ class _Plan(NamedTuple):
     dtype_rule: str | None = None
     fast: Callable[[tuple, dict], Any] | None = None  # quick output on meta tensors
     role: str | None = None  # "product" (output tracked), "add" (maybe a bias add) or "view" (follows outputs)
+    key_seq_dim: int | None = None  # attention ops: the keys' sequence dimension (their KV bytes are recorded)
 
 
 def _has_composite(func: Any) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
+    except RuntimeError:  # an op outside the dispatcher's tables (``prim::device`` under fake tensors)
+        return False
 
 
 def _run_plan(func: Any, formulas: FormulaRegistry) -> _Plan:
@@ -61,8 +65,9 @@ def _run_plan(func: Any, formulas: FormulaRegistry) -> _Plan:
     rule = "same" if packet in _SAME_DTYPE else "float" if packet in _FLOAT_INPUT else None
     formula = formulas.get(packet)
     if formula is not None:
-        return _Plan(FORMULA, formula.bind(func), str(packet), dtype_rule=rule, fast=fast_meta(packet))
-    if formulas.is_zero_cost(packet) or is_view(func):
+        return _Plan(FORMULA, formula.bind(func), str(packet), dtype_rule=rule, fast=fast_meta(packet),
+                     key_seq_dim=ATTENTION_KEY_SEQ_DIM.get(packet))
+    if formulas.is_zero_cost(packet) or is_view(func) or getattr(func, "namespace", "") == "prim":
         return _Plan(FREE, None, str(packet))
     if is_pointwise(func):
         return _Plan(FORMULA, POINTWISE.bind(func), str(packet), fast=fast_meta(packet))
@@ -170,9 +175,19 @@ class OpCounter(TorchDispatchMode):
         cost = plan.count(args, kwargs, out)
         self.counted_calls += 1
         self.tracker.add(cost.macs, cost.flops)
+        if plan.key_seq_dim is not None:
+            self._read_kv(plan.key_seq_dim, args, kwargs)
         if plan.role == "product":
             self._product = out
         return out
+
+    def _read_kv(self, seq_dim: int, args: tuple, kwargs: dict) -> None:
+        """Record the bytes of keys and values an attention kernel reads (the KV cache, on decode steps)."""
+        k = args[1] if len(args) > 1 else kwargs.get("key")
+        v = args[2] if len(args) > 2 else kwargs.get("value")
+        if isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 3:
+            nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
+            self.tracker.add_kv(nbytes, int(k.shape[seq_dim]))
 
     @property
     def coverage(self) -> float:

@@ -95,6 +95,26 @@ def _check_convolution(args: tuple, kwargs: dict) -> Any:
 
 
 _CONVOLUTIONS = (aten.convolution, aten._convolution)
+_GROUPED_MMS = tuple(getattr(aten, n) for n in ("_grouped_mm", "_scaled_grouped_mm") if hasattr(aten, n))
+
+
+def _grouped_mm(args: tuple, kwargs: dict) -> Any:
+    """The output of a grouped matrix multiply. Its meta kernel accepts only bf16/fp16 (the CUDA kernel's
+    limits), while the CPU kernel also runs float32 mixture-of-experts models."""
+    a, b = args[0], args[1]
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return NotImplemented
+    out_dtype = kwargs.get("out_dtype") or (args[-1] if len(args) in (5, 8) and isinstance(args[-1], torch.dtype)
+                                             else None) or a.dtype
+    if a.dim() == 2 and b.dim() == 3 and a.shape[1] == b.shape[1]:
+        shape = (a.shape[0], b.shape[2])
+    elif a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
+        shape = (a.shape[0], a.shape[1], b.shape[2])
+    else:
+        return NotImplemented
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"grouped_mm expects both matrices to share one dtype, got {a.dtype} and {b.dtype}")
+    return torch.empty(shape, dtype=out_dtype, device=a.device)
 
 
 def fast_meta(packet: Any) -> Callable[[tuple, dict], Any] | None:
@@ -102,6 +122,8 @@ def fast_meta(packet: Any) -> Callable[[tuple, dict], Any] | None:
     name = packet.__name__
     if packet in _CONVOLUTIONS:
         return _check_convolution
+    if packet in _GROUPED_MMS:
+        return _grouped_mm
     if packet in _BATCH_NORMS:
         return _batch_norm
     if name in _ACTIVATIONS:

@@ -28,8 +28,13 @@ class Profile:
     minus that of the modules it called), so it is never negative.
 
     ``timing`` holds the whole-model samples (timed without hooks) behind ``latency_ms``, ``load`` the
-    machine's load when they were taken; ``noisy``, ``latency_accounted`` and ``notes`` say how far the
+    machine's load when they were taken; ``noisy``, ``latency_accounted`` and ``latency_notes()`` say how far the
     timings can be trusted.
+
+    ``notes`` say how the profile was made where it matters (why a count ran on real tensors, why latency was
+    skipped, which inputs were copied); ``calls`` has one row per top-level forward (prefill and each decode step
+    of ``generate()``: tokens in, MACs, MACs per generated token, KV-cache bytes read; see
+    :func:`~nbopt.profiling.calls.calls_table`).
     """
 
     table: pd.DataFrame
@@ -44,6 +49,8 @@ class Profile:
     inputs: str = ""
     timing: Timing | None = None
     load: MachineLoad | None = None
+    notes: list[str] = field(default_factory=list)
+    calls: pd.DataFrame | None = None
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, **fields: Any) -> "Profile":
@@ -177,7 +184,8 @@ class Profile:
         return {"params": self.total_params, "macs": self.total_macs, "flops": self.total_flops,
                 "latency_ms": self.latency_ms, "latency": self.latency_summary, "noisy": self.noisy,
                 "latency_accounted": self.latency_accounted, "coverage": self.coverage, "uncounted": dict(self.uncounted),
-                "engine": self.engine, "inputs": self.inputs}
+                "engine": self.engine, "inputs": self.inputs, "notes": list(self.notes),
+                "calls": len(self.calls) if self.calls is not None else 0}
 
     def plot(self, k: int = 10, **kwargs: Any) -> Any:
         """Top layers by MACs beside top layers by latency (matplotlib; drawn by :mod:`nbopt.display.figures`)."""

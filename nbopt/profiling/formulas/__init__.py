@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .aten import BUILTIN, ZERO_COST_OPS, is_pointwise, is_view, pointwise_cost
+from .aten import ATTENTION_KEY_SEQ_DIM, BUILTIN, ZERO_COST_OPS, is_pointwise, is_view, pointwise_cost
 from .registry import Cost, Formula, FormulaRegistry, as_cost, resolve_op, schema_binder
 
 
@@ -39,4 +39,4 @@ def register_formula(op: Any, fn: Callable[..., Any] | None = None, *, override:
 
 
 __all__ = ["Cost", "Formula", "FormulaRegistry", "FORMULAS", "POINTWISE", "register_formula", "resolve_op",
-           "as_cost", "schema_binder", "is_pointwise", "is_view", "pointwise_cost"]
+           "as_cost", "schema_binder", "is_pointwise", "is_view", "pointwise_cost", "ATTENTION_KEY_SEQ_DIM"]

@@ -10,6 +10,9 @@ Conventions (defined once, used everywhere):
 * **Bias adds are never counted** — not in convolution, linear (``addmm``, or a matrix product followed by
   the add of a vector along its last dimension, see :mod:`..counter`), nor in the projections of the fused
   attention and encoder-layer kernels, as in ``torch.utils.flop_counter`` and torchvision.
+* **Attention counts the full score matrix** — ``Q @ K^T`` and ``P @ V`` over all ``L x S`` positions for every
+  query head (grouped-query attention included), also when causal or windowed, as PyTorch's kernels and
+  ``torch.utils.flop_counter`` do; each kernel's tensor layout ((B, H, S, D) or (B, S, H, D)) is fixed by the op.
 * **Fused kernels count what their reference decomposition counts** — a fused attention kernel counts the
   ops of PyTorch's math reference (scaling, ``Q @ K^T``, mask add, softmax, ``P @ V``), so a meta run, which
   decomposes, and a real run, which calls the kernel, give the same FLOPs.
@@ -20,7 +23,7 @@ Every formula is ``fn(*, out, **arguments) -> Cost`` (``self`` arrives as ``inpu
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch.utils import flop_counter as _fc
@@ -45,6 +48,17 @@ def _numel(t: Any) -> int:
     return t.numel() if isinstance(t, torch.Tensor) else 0
 
 
+def _is_fake(t: torch.Tensor) -> bool:
+    """A fake tensor (``torch._subclasses.FakeTensor``): shapes only, like a meta tensor."""
+    return type(t).__name__ == "FakeTensor"
+
+
+class _Shape(NamedTuple):
+    """A shape standing in for a tensor in the attention formulas (which read ``.shape`` only)."""
+
+    shape: torch.Size
+
+
 def _first(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -65,6 +79,35 @@ def _scaled_mm(*, input: torch.Tensor, mat2: torch.Tensor, **_: Any) -> Cost:
     """float8 (scaled) matrix multiply: ``m * k * n`` MACs like ``mm``; scaling and bias are not counted."""
     (m, k), n = input.shape, mat2.shape[1]
     return _gemm(m * k * n)
+
+
+def _used(offs: Any, full: int) -> int:
+    """How many rows (or columns) the groups of ``offs`` cover: its last offset on real tensors; on meta
+    tensors (no values) all ``full`` of them, exact when the groups cover the whole input (MoE routing)."""
+    if isinstance(offs, torch.Tensor) and offs.numel() and offs.device.type != "meta" and not _is_fake(offs):
+        return int(offs[-1])
+    return full
+
+
+@_formula(*(getattr(aten, n) for n in ("_grouped_mm", "_scaled_grouped_mm") if hasattr(aten, n)))
+def _grouped_mm(*, input: torch.Tensor, mat2: torch.Tensor, offs: Any = None, **_: Any) -> Cost:
+    """Grouped matrix multiply (transformers' mixture-of-experts kernel): the sum over groups of each group's
+    ``m * k * n``. ``offs`` holds the groups' cumulative ends (``offs[g] - offs[g-1]`` tokens for expert ``g``).
+
+    * 2-D x 3-D (MoE experts: tokens sorted by expert, one weight per expert): ``sum_g rows_g * K * N`` =
+      ``offs[-1] * K * N``; on meta tensors ``offs`` has no values and all ``M`` rows count, which is exact
+      when every routed token is in a group (``sum_g rows_g = M``, as transformers' routing does).
+    * 3-D x 2-D: groups split the columns of ``mat2``; 2-D x 2-D: groups split ``K`` (weight gradients);
+      3-D x 3-D: a batch of ``G`` products. Scaling (``_scaled_grouped_mm``) and bias are not counted.
+    """
+    a, b = input.shape, mat2.shape
+    if len(a) == 2 and len(b) == 3:
+        return _gemm(_used(offs, a[0]) * a[1] * b[-1])
+    if len(a) == 3 and len(b) == 2:
+        return _gemm(a[-2] * a[-1] * _used(offs, b[-1]))
+    if len(a) == 2 and len(b) == 2:
+        return _gemm(a[0] * _used(offs, a[1]) * b[-1])
+    return _gemm(a[0] * a[-2] * a[-1] * b[-1])
 
 
 @_formula(aten.addmm)
@@ -92,7 +135,12 @@ def _conv(*, input: torch.Tensor, weight: torch.Tensor, transposed: bool, out: t
 
 
 def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    """``Q @ K^T`` plus ``P @ V`` for (..., L, E) queries, (..., S, E) keys, (..., S, Ev) values."""
+    """``Q @ K^T`` plus ``P @ V`` for (..., Hq, L, E) queries, (..., Hk, S, E) keys, (..., Hk, S, Ev) values.
+
+    The batch (and query heads) come from the query: with grouped-query attention (``Hq = Hk * groups``, with
+    or without ``enable_gqa``) every query head multiplies the key/value head it shares, so the count is
+    ``B * Hq * L * S * (E + Ev)`` whatever ``Hk`` is (as ``torch.utils.flop_counter.sdpa_flop_count``).
+    """
     batch = math.prod(q.shape[:-2])
     lq, e = q.shape[-2], q.shape[-1]
     s, ev = k.shape[-2], v.shape[-1]
@@ -101,11 +149,16 @@ def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
 
 def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaled_keys: bool = True,
                     masked: bool = False, causal: bool = False) -> Cost:
-    """Attention as PyTorch's math reference computes it (``_scaled_dot_product_attention_math``).
+    """Attention as PyTorch's math reference computes it (``_scaled_dot_product_attention_math``), on
+    (B, H, L, E) tensors.
 
     ``Q @ K^T`` and ``P @ V`` (2 FLOPs per MAC); one multiply per element of Q (and of K, per query head,
     when ``scaled_keys``: the reference scales both by ``sqrt(scale)``); the mask add (``masked``) or the causal
     mask (an (L, S) select, then its add); softmax (3 per score).
+
+    **Masks never reduce the count**: causal attention, sliding windows and any other mask count the full
+    ``L x S`` products, which is what the math reference and PyTorch's CPU kernels compute (and what
+    ``torch.utils.flop_counter`` counts); kernels that skip fully masked blocks do less work than this.
     """
     macs = _attention_macs(q, k, v)
     heads = math.prod(q.shape[:-2])
@@ -117,16 +170,68 @@ def _attention_cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaled
     return Cost(macs, 2 * macs + scale + mask + causal_mask + 3 * scores)
 
 
-@_formula(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
-          aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
-          aten._flash_attention_forward, aten._efficient_attention_forward)
-def _sdpa(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: Any = False,
-          custom_mask_type: Any = 0, **rest: Any) -> Cost:
-    q, k, v = query, key, value
-    if q.dim() == 4 and q.shape[1] != k.shape[1] and q.shape[2] == k.shape[2]:  # (B, L, H, E) layouts
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    masked = any(isinstance(rest.get(n), torch.Tensor) for n in ("attn_mask", "attn_bias", "bias"))
+def _has_mask(rest: dict) -> bool:
+    return any(isinstance(rest.get(n), torch.Tensor) for n in ("attn_mask", "attn_bias", "bias"))
+
+
+# The layout of every attention op is fixed by the op, never guessed from shapes (a (B, S, H, D) tensor and a
+# (B, H, S, D) one can have the same shape). (B, H, S, D): the scaled_dot_product_* family, the math reference
+# and scaled_dot_product_attention itself.
+_BHSD_ATTENTION = tuple(getattr(aten, n) for n in (
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_attention_math_for_mps", "scaled_dot_product_attention") if hasattr(aten, n))
+# ... and (B, S, H, D) (or (total tokens, H, D) with cumulative sequence lengths): the kernels underneath
+_BSHD_ATTENTION = tuple(getattr(aten, n) for n in ("_flash_attention_forward", "_efficient_attention_forward")
+                        if hasattr(aten, n))
+# op -> the dimension of its keys that holds the sequence (their 2nd and 3rd arguments are keys and values)
+ATTENTION_KEY_SEQ_DIM = {**{op: -2 for op in _BHSD_ATTENTION}, **{op: -3 for op in _BSHD_ATTENTION}}
+
+
+@_formula(*_BHSD_ATTENTION)
+def _sdpa(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: Any = False, **rest: Any
+          ) -> Cost:
+    """(B, H, S, D) attention: ``B * Hq * L * S * (E + Ev)`` MACs, GQA included (see :func:`_attention_cost`
+    for masks, causal attention and sliding windows: the full ``L x S`` products are counted)."""
+    return _attention_cost(query, key, value, masked=_has_mask(rest), causal=bool(is_causal))
+
+
+def _sequence_lengths(cum: Any, longest: Any, count: int) -> list[int]:
+    """Per-sequence lengths from cumulative offsets; on meta tensors (no values) ``count`` times the longest."""
+    if isinstance(cum, torch.Tensor) and cum.device.type != "meta" and not _is_fake(cum):
+        return [int(n) for n in cum.diff().tolist()]
+    return [int(longest)] * count
+
+
+
+@_formula(*_BSHD_ATTENTION)
+def _attention_bshd(*, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: Any = False,
+                    custom_mask_type: Any = 0, cum_seq_q: Any = None, cum_seq_k: Any = None, max_q: Any = 0,
+                    max_k: Any = 0, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None, max_seqlen_q: Any = 0,
+                    max_seqlen_k: Any = 0, **rest: Any) -> Cost:
+    """(B, S, H, D) attention (``_flash_attention_forward``, ``_efficient_attention_forward``), counted as the
+    (B, H, S, D) ops are; windows (``window_size_*``) and causal masks do not reduce the count.
+
+    Variable-length batches ((total tokens, H, D) with cumulative sequence lengths) count each sequence's
+    ``L_i x S_i`` products; on meta tensors the lengths are unknown and every sequence counts as the longest
+    (an upper bound, as ``torch.utils.flop_counter``)."""
+    cum_q = cum_seq_q if cum_seq_q is not None else cu_seqlens_q
+    cum_k = cum_seq_k if cum_seq_k is not None else cu_seqlens_k
     causal = bool(is_causal) or bool(custom_mask_type)
+    masked = _has_mask(rest)
+    if isinstance(cum_q, torch.Tensor) and isinstance(cum_k, torch.Tensor):
+        q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (query, key, value))   # (tokens, H, D)
+        n = cum_q.shape[0] - 1
+        total = Cost()
+        for lq, lk in zip(_sequence_lengths(cum_q, max_q or max_seqlen_q, n),
+                          _sequence_lengths(cum_k, max_k or max_seqlen_k, n)):
+            q = _Shape(torch.Size((1, q3.shape[1], lq, q3.shape[2])))
+            k = _Shape(torch.Size((1, k3.shape[1], lk, k3.shape[2])))
+            v = _Shape(torch.Size((1, v3.shape[1], lk, v3.shape[2])))
+            total = total + _attention_cost(q, k, v, masked=masked, causal=causal)
+        return total
+    q, k, v = (t.transpose(-3, -2) for t in (query, key, value))
     return _attention_cost(q, k, v, masked=masked, causal=causal)
 
 
@@ -145,8 +250,8 @@ def _mha_cost(query: torch.Tensor, key: torch.Tensor, num_heads: int, embed_dim:
     head = embed_dim // num_heads
     proj = (_projection(b * lq, embed_dim, embed_dim) + _projection(b * lk, embed_dim, embed_dim)
             + _projection(b * lk, embed_dim, embed_dim) + _projection(b * lq, embed_dim, embed_dim))
-    q = torch.empty(b, num_heads, lq, head, device="meta")
-    kv = torch.empty(b, num_heads, lk, head, device="meta")
+    q = _Shape(torch.Size((b, num_heads, lq, head)))
+    kv = _Shape(torch.Size((b, num_heads, lk, head)))
     attention = _attention_cost(q, kv, kv, scaled_keys=not need_weights, masked=masked and not need_weights)
     averaged = Cost(0, b * num_heads * lq * lk) if need_weights and average_weights else Cost()
     return proj + attention + averaged
@@ -255,6 +360,20 @@ def pointwise_cost(*, out: Any, **_: Any) -> Cost:
     return Cost(0, _numel(_first(out)))
 
 
+@_formula(*(getattr(aten, n) for n in ("index_add", "index_add_", "scatter_add", "scatter_add_", "scatter_reduce",
+                                       "scatter_reduce_", "index_reduce", "index_reduce_") if hasattr(aten, n)))
+def _accumulate(*, source: Any = None, src: Any = None, **_: Any) -> Cost:
+    """Scatter-accumulates (``index_add_``: the mixture-of-experts combine): one add per source element."""
+    return Cost(0, _numel(source if source is not None else src))
+
+
+@_formula(aten.floor_divide)
+def _floor_divide(*, out: Any, **_: Any) -> Cost:
+    """One FLOP per element on floating-point tensors; integer index arithmetic (expert ids) is free."""
+    result = _first(out)
+    return Cost(0, _numel(result) if isinstance(result, torch.Tensor) and result.is_floating_point() else 0)
+
+
 # --- ops that move or allocate data and do no arithmetic ------------------------------------------------
 ZERO_COST_NAMES = (
     "clone", "copy_", "copy", "_to_copy", "cat", "stack", "empty", "empty_like", "empty_strided", "zeros",
@@ -271,6 +390,11 @@ ZERO_COST_NAMES = (
     "pixel_unshuffle", "channel_shuffle", "im2col", "col2im", "_pad_packed_sequence", "_pack_padded_sequence",
     "to", "_has_compatible_shallow_copy_type", "is_same_size", "equal", "argsort", "bincount",
     "_fused_sdp_choice", "unfold", "as_strided_scatter", "diagonal_scatter", "as_strided_",
+    # indexing and routing bookkeeping (mixture-of-experts token sorting, masks' checks): counts, comparisons
+    # and lookups on indices or booleans, no floating-point arithmetic
+    "histc", "all", "any", "searchsorted", "bucketize", "_unique2", "unique_dim", "unique_consecutive",
+    "unique_dim_consecutive", "kthvalue", "msort", "index_fill", "index_fill_", "index_copy", "index_copy_",
+    "take", "take_along_dim", "nonzero_static", "count_nonzero", "triu_indices", "tril_indices", "isin",
 )
 ZERO_COST_OPS = tuple(getattr(aten, n) for n in ZERO_COST_NAMES if hasattr(aten, n))
 # bookkeeping outside aten that does no arithmetic: profiler ranges (``record_function``, which
