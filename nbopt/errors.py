@@ -49,6 +49,10 @@ class PartialResultWarning(UserWarning):
     """A long run was interrupted (Ctrl-C / stop button) and returned what it had finished."""
 
 
+class SkippedLayerWarning(UserWarning):
+    """A capability left out layers that hold a weight it cannot handle (listed in its result)."""
+
+
 class NoisyTimingWarning(UserWarning):
     """A ranking or ratio was read from a noisy timing (large spread, or a busy machine)."""
 

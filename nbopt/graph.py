@@ -5,6 +5,10 @@
   then strict, for PT2E int8), and :func:`module_of` / :func:`op_name` to read the captured nodes.
 * ONNX: :func:`export_onnx` (the dynamo exporter, for the onnxruntime int8 builder and ``nbopt.export``) and
   :func:`ort_session` (an onnxruntime CPU session: threads set, no busy-waiting).
+* KV caches and output structure: :func:`cache_off` turns a Hugging Face model's ``use_cache`` off on a private
+  copy (a ``DynamicCache`` output cannot be captured); :func:`check_tensor_outputs` refuses other non-tensor
+  outputs clearly; :class:`OutputStructure` rebuilds what the model returns (a ``ModelOutput``, a dict, nested
+  tuples) from a program's flat list of output tensors.
 * Errors: :func:`failing_module` / :func:`module_at` find the module at fault; :func:`capture_error` and
   :func:`export_error` build the :class:`~nbopt.errors.UnsupportedModelError` that names it and the way out.
 """
@@ -17,10 +21,11 @@ import logging
 import os
 import re
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .errors import UnsupportedModelError, describe_exception, require
 from .inputs import as_args
@@ -43,11 +48,106 @@ def capture(model: nn.Module, inputs: Any) -> torch.export.ExportedProgram:
     silenced (:func:`quiet`): the error nbopt raises says what went wrong.
     """
     work = working_copy(model).eval()
+    cache_off(work)
+    inputs = cache_free_inputs(inputs)
     try:
         with quiet(), torch.no_grad():
             return export_program(work, inputs)
     except Exception as exc:
         raise export_error(exc, model, "torch.export (graph capture)") from None
+
+
+# ---------------------------------------------------------------- KV caches and output structure
+
+CACHE_NOTE = ("use_cache was turned off on nbopt's private copy of the model (config.use_cache=False): a KV cache "
+              "(DynamicCache) cannot be a graph output, so {what} returns the model's tensors (logits / hidden "
+              "states) without past_key_values. Your model's config is unchanged.")
+
+
+def cache_configs(model: nn.Module) -> list[Any]:
+    """The distinct configs in ``model`` (a Hugging Face model and its sub-stacks) with ``use_cache`` on."""
+    found: dict[int, Any] = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "use_cache", False) is True:
+            found[id(cfg)] = cfg
+    return list(found.values())
+
+
+def cache_off(copy: nn.Module) -> bool:
+    """Set ``use_cache=False`` on every config of ``copy`` (nbopt's private copy, changed in place): its forward
+    then returns no ``DynamicCache``, which torch.export, ONNX and TorchScript cannot output. True when a cache
+    was on (the caller adds :data:`CACHE_NOTE` to its result)."""
+    configs = cache_configs(copy)
+    for cfg in configs:
+        cfg.use_cache = False
+    return bool(configs)
+
+
+def cache_free_inputs(inputs: Any) -> Any:
+    """``inputs`` with a ``use_cache=True`` keyword turned off (a dict of kwargs); a KV cache passed in is refused."""
+    if not isinstance(inputs, Mapping):
+        return inputs
+    cache = next((k for k, v in inputs.items() if _is_cache(v)), None)
+    if cache is not None:
+        raise UnsupportedModelError(
+            f"the inputs hold a KV cache ({cache}={type(inputs[cache]).__name__}): nbopt captures a model called on "
+            "tensors, and a cache passed in is mutated by each call. Pass the whole prompt (input_ids, attention_mask) "
+            f"without {cache}.")
+    return {**inputs, "use_cache": False} if inputs.get("use_cache") is True else inputs
+
+
+def _is_cache(value: Any) -> bool:
+    return any(c.__name__.endswith("Cache") and c.__module__.startswith("transformers")
+               for c in type(value).__mro__)
+
+
+def odd_outputs(output: Any) -> list[str]:
+    """Type names of the leaves of ``output`` that are neither tensors nor plain Python constants."""
+    leaves = pytree.tree_leaves(output)
+    return sorted({type(v).__name__ for v in leaves
+                   if not isinstance(v, (torch.Tensor, int, float, bool, str, type(None)))})
+
+
+def check_tensor_outputs(output: Any, what: str) -> None:
+    """Refuse an eager output holding objects a graph cannot return (a cache, a custom class), naming them."""
+    odd = odd_outputs(output)
+    if odd:
+        cache = any(n.endswith("Cache") for n in odd)
+        fix = ("turn the cache off: model(..., use_cache=False) or model.config.use_cache = False on a copy"
+               if cache else "return tensors (or tuples/lists/dicts of tensors) from forward, e.g. with a "
+               "wrapper module")
+        raise UnsupportedModelError(f"{what}: the model returns {', '.join(odd)}, which a captured graph cannot "
+                                    f"output (only tensors and tuples/lists/dicts of them); {fix}.")
+
+
+class OutputStructure:
+    """What a model returns (a ``ModelOutput``, a dict, nested tuples/lists), rebuilt from a program's flat list
+    of output tensors; non-tensor leaves (None, Python numbers) are kept from the example output."""
+
+    def __init__(self, example_output: Any):
+        leaves, self.spec = pytree.tree_flatten(example_output)
+        self.leaves = [(isinstance(v, torch.Tensor), None if isinstance(v, torch.Tensor) else v) for v in leaves]
+        self.tensors = sum(is_tensor for is_tensor, _ in self.leaves)
+
+    def rebuild(self, outs: list[Any]) -> Any:
+        """``outs`` in the example's structure; the flat value (one tensor, else a tuple) when counts differ."""
+        if len(outs) != self.tensors:
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        it = iter(outs)
+        return pytree.tree_unflatten([next(it) if is_tensor else v for is_tensor, v in self.leaves], self.spec)
+
+
+class FlatOutputs(nn.Module):
+    """``model`` returning the flat tuple of its output tensors (for exporters that cannot output a ModelOutput
+    or dict: the TorchScript tracer); :class:`OutputStructure` rebuilds the structure on the way out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t for t in pytree.tree_leaves(self.model(*args, **kwargs)) if isinstance(t, torch.Tensor))
 
 
 def dynamic_batch_example(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -135,6 +235,36 @@ def quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+class _DropFrom(logging.Filter):
+    """Drops log records emitted from files under one package directory (e.g. onnxruntime/quantization)."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.pathname.replace(os.sep, "/") or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def quiet_root_logging(fragment: str = "onnxruntime/quantization") -> Iterator[None]:
+    """Silence warnings a library logs on the *root* logger (onnxruntime's quantizer: "Please consider to run
+    pre-processing..."), leaving progress bars and the user's logging alone. ``logging.warning()`` would also
+    install a stderr handler on an unconfigured root logger for good; a NullHandler stands in for the block."""
+    root = logging.getLogger()
+    flt, stand_in = _DropFrom(fragment), None
+    if not root.handlers:
+        stand_in = logging.NullHandler()
+        root.addHandler(stand_in)
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -253,16 +383,25 @@ def _messages(exc: BaseException | None) -> str:
 
 
 def capture_error(exc: BaseException, model: nn.Module, backend: str) -> UnsupportedModelError:
-    """The error for a model the ``backend`` int8 path could not capture: the module, the line, the ways out."""
-    where = failing_module(exc, model)
-    line = user_line(exc)
+    """The error for a model the ``backend`` int8 path could not capture: the real cause (the innermost
+    exception's first line, ANSI codes stripped), the module, the line, the ways out."""
+    cause = root_cause(exc)
+    where = failing_module(cause, model) or failing_module(exc, model)
+    line = user_line(cause) or user_line(exc)
     loc = (f" in module {where!r}" if where else "") + (f" at {line}" if line else "")
+    text = _messages(exc)
+    if any(k in text for k in _DATA_DEPENDENT):
+        why = ("Cause: data-dependent control flow (an `if` on tensor values). Ways out: rewrite that branch with "
+               "torch.where/torch.cond, ")
+    elif "in output" in text and "not a known type" in text:
+        why = ("Cause: the model returns an object that is not a tensor (a cache or a custom class); return "
+               "tensors (for Hugging Face models: use_cache=False). Ways out: ")
+    else:
+        why = "Ways out: "
     return UnsupportedModelError(
-        f"the {backend} int8 path could not capture the model{loc}: {strip_ansi(describe_exception(exc))}. "
-        "Typical cause: data-dependent control flow (an `if` on tensor values) or an unsupported op. "
-        "Ways out: mode='dynamic' (weights only), mode='simulate' to study accuracy, rewrite that branch "
-        "with torch.where/torch.cond, or quantize the model without that module (exclude it by "
-        "wrapping the rest).")
+        f"the {backend} int8 path could not capture the model{loc}: {strip_ansi(describe_exception(cause))}. "
+        f"{why}mode='dynamic' (weights only), mode='simulate' to study accuracy, another backend, or quantize the "
+        "model without that module (exclude it by wrapping the rest).")
 
 
 def export_error(exc: BaseException, model: nn.Module, fmt: str) -> UnsupportedModelError:
@@ -277,11 +416,30 @@ def export_error(exc: BaseException, model: nn.Module, fmt: str) -> UnsupportedM
         code = f" at {frames[-1][0]}:{frames[-1][1]}" if frames else ""
         return UnsupportedModelError(
             f"{fmt} export failed: data-dependent control flow{loc}{code} (a Python `if` on a tensor value "
-            "cannot be captured in a graph). Way out: rewrite the branch with tensor ops (torch.where) or "
-            "torch.cond, or export with format='torchscript', whose tracer freezes the branch taken on the "
-            "example inputs.")
-    where = failing_module(root_cause(exc), model)
+            f"cannot be captured in a graph; {_first_line(_data_dependent_error(exc))}). Way out: rewrite the "
+            "branch with tensor ops (torch.where) or torch.cond, or export with format='torchscript', whose tracer "
+            "freezes the branch taken on the example inputs.")
+    cause = root_cause(exc)
+    where = failing_module(cause, model) or failing_module(exc, model)
     loc = f" in module {where!r}" if where else ""
-    return UnsupportedModelError(f"{fmt} export failed{loc}: {strip_ansi(describe_exception(root_cause(exc)))}. "
-                                 "Check that the model runs under torch.export.export(model, args), or try another "
-                                 "format.")
+    hint = "Check that the model runs under torch.export.export(model, args), or try another format."
+    if "in output" in text and "not a known type" in text:
+        hint = ("The model returns an object that is not a tensor (a cache or a custom class): return tensors "
+                "(for Hugging Face models, use_cache=False), or wrap the model to return them.")
+    return UnsupportedModelError(f"{fmt} export failed{loc}: {_first_line(cause)}. {hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line`` of ``exc``'s message, without terminal colour codes."""
+    return strip_ansi(describe_exception(exc))
+
+
+def _data_dependent_error(exc: BaseException) -> BaseException:
+    """The innermost exception in ``exc``'s chain whose message names the data-dependent guard (else ``exc``)."""
+    seen, found = set(), exc
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(k in str(exc) for k in _DATA_DEPENDENT):
+            found = exc  # the innermost one names the guard; the wrappers only say which step failed
+        exc = exc.__cause__ or exc.__context__
+    return found

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import ForwardError, InputError, InputTypeError, NboptError, describe_exception
 
@@ -20,6 +21,17 @@ def check_module(model: Any, what: str = "model") -> nn.Module:
             "Pass the model object itself (e.g. `model`, not `model(x)` or its state_dict)."
         )
     return model
+
+
+def check_not_meta(model: nn.Module, what: str) -> None:
+    """Refuse a model whose weights are on the meta device (shapes, no values): ``what`` (e.g. "quantize")
+    needs real weights. Counting (``nbopt.profile``) works on meta models and does not call this."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if any(t.device.type == "meta" for t in tensors):
+        raise InputError(
+            f"{what} needs the model's weight values, but the model's weights are on the meta device (no values); "
+            "create them with model.to_empty(device='cpu') and load the weights (load_state_dict / "
+            "from_pretrained), then call again. (nbopt.profile counts a meta model without weights.)")
 
 
 def as_args(inputs: Any) -> Args:
@@ -105,6 +117,11 @@ def check_device(model: nn.Module, inputs: Any) -> None:
     dev = model_device(model)
     for t in tensors_in(inputs):
         if t.device.type != "meta" and t.device != dev:
+            if dev.type == "meta":
+                raise InputError(
+                    f"inputs are on {t.device} but the model's weights are on the meta device (no values): to "
+                    "count work without weights pass meta inputs too (x.to('meta')); to run it, create the weights "
+                    "with model.to_empty(device='cpu') and load them (load_state_dict / from_pretrained).")
             raise NboptError(
                 f"inputs are on {t.device} but the model is on {dev}; move one of them, "
                 f"e.g. x.to('{dev}') or model.to('{t.device}')."
@@ -161,3 +178,22 @@ def batch_inputs(batch: Any) -> Any:
             and isinstance(batch[1], torch.Tensor) and batch[1].dtype in (torch.int64, torch.int32):
         return batch[0]
     return batch
+
+
+def watch_layer_inputs(model: nn.Module, layers: dict[str, nn.Module], data: Any,
+                       on_input: Callable[[str, torch.Tensor], None], *, desc: str, progress: bool = True) -> None:
+    """Run ``model`` on every batch of ``data`` (no grad) and call ``on_input(name, x)`` with each named layer's
+    input flattened to (tokens, features); the hooks are removed even when a forward raises."""
+    def hook(name: str) -> Callable[..., None]:
+        def pre(_m: nn.Module, args: tuple) -> None:
+            on_input(name, args[0].detach().reshape(-1, args[0].shape[-1]))
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in tqdm(list(batches(data)), desc=desc, disable=not progress, leave=False):
+                call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()

@@ -46,7 +46,7 @@ def test_simulate_refuses_a_model_with_no_conv_or_linear():
     m = Functional().eval()
     snap = Untouched(m)
     with pytest.raises(InputError, match=r"^mode='simulate' has nothing to quantize: the model \(Functional\) has "
-                                         r"no nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module.*F\.conv2d.*"
+                                         r"no nn\.Conv1d/Conv2d/Conv3d, nn\.Linear or linear-like \(transformers' Conv1D\) module.*F\.conv2d.*"
                                          r"Use mode='dynamic' or mode='int8'"):
         nbopt.quantize(m, X, progress=False)
     with pytest.raises(InputError, match="nothing to quantize"):
@@ -58,7 +58,7 @@ def test_sensitivity_refuses_a_model_with_no_conv_or_linear():
     m = Functional().eval()
     snap = Untouched(m)
     with pytest.raises(InputError, match=r"^sensitivity has no layer to measure: the model \(Functional\) has no "
-                                         r"nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module.*mode='dynamic'"):
+                                         r"nn\.Conv1d/Conv2d/Conv3d, nn\.Linear or linear-like \(transformers' Conv1D\) module.*mode='dynamic'"):
         nbopt.sensitivity(m, X, progress=False)
     snap.assert_unchanged()
 

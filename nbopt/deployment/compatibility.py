@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import NboptError, require
-from ..graph import capture, module_of, op_name
-from ..inputs import check_device, check_module
+from ..graph import CACHE_NOTE, cache_configs, capture, module_of, op_name
+from ..inputs import check_device, check_module, check_not_meta
 
 TARGETS = ("onnx", "executorch", "torchscript")
 _GLUE = ("getitem", "_to_dim_order_copy", "executorch_call_delegate", "alloc", "sym_size")
@@ -147,10 +147,12 @@ def compatibility(model: nn.Module, example_inputs: Any,
     that called them). ``onnx``: translated by the torch.onnx (torchlib) registry directly ("yes (opset N)")
     or through a decomposition ("decomposed"). ``executorch``: the model is lowered with the XNNPACK
     partitioner; "xnnpack" means delegated, "portable (...)" lists ops left to ExecuTorch's slower portable
-    kernels. ``torchscript`` runs every ATen op.
+    kernels. ``torchscript`` runs every ATen op. A Hugging Face model is captured with ``use_cache=False`` (on a
+    copy; a KV cache cannot be a graph output), said in ``df.attrs["notes"]``.
     """
     names = check_targets(targets)
     check_module(model)
+    check_not_meta(model, "compatibility")
     check_device(model, example_inputs)
     program = capture(model, example_inputs)
     df = graph_ops(program)
@@ -162,4 +164,5 @@ def compatibility(model: nn.Module, example_inputs: Any,
         else:
             df["torchscript"] = "yes"
     df["suggestion"] = df.apply(_suggest, axis=1, targets=names) if len(df) else pd.Series(dtype=str)
+    df.attrs["notes"] = [CACHE_NOTE.format(what="the captured graph")] if cache_configs(model) else []
     return df

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NboptError, UnsupportedModelError, describe_exception, require
-from ..graph import export_error, export_onnx, export_program, ort_session, quiet, strip_ansi
-from ..inputs import as_args, call, check_device, check_module, describe_shapes, tensors_in
+from ..graph import (CACHE_NOTE, FlatOutputs, OutputStructure, cache_free_inputs, cache_off, check_tensor_outputs,
+                     export_error, export_onnx, export_program, ort_session, quiet, strip_ansi)
+from ..inputs import as_args, call, check_device, check_module, check_not_meta, describe_shapes, tensors_in
 from ..model_state import working_copy
 from ..timing import Ratio, compare_pair
 from .fuse import max_abs_diff
@@ -49,6 +50,8 @@ class ExportResult:
     # path=None: the temporary folder nbopt made; removed when the last holder (this result, a RuntimeModule
     # on its file) is garbage-collected or the interpreter exits
     owner: "OwnedDir | None" = field(default=None, repr=False, compare=False)
+    # what the model returns (a ModelOutput, a dict, nested tuples): RuntimeModule.from_export rebuilds it
+    outputs: OutputStructure | None = field(default=None, repr=False, compare=False)
 
     @property
     def speedup(self) -> float:
@@ -278,9 +281,14 @@ def write_torchscript(model: nn.Module, inputs: Any, tmp: Path, options: ExportO
     import warnings
 
     args, kwargs = as_args(inputs)
+    with torch.no_grad():
+        structured = not isinstance(model(*args, **kwargs), (torch.Tensor, tuple))
+    # the tracer cannot output a ModelOutput (or keep a dict's keys): trace the flat tuple of output tensors
+    # (RuntimeModule.from_export rebuilds the structure)
+    target = FlatOutputs(model) if structured else model
     with quiet(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, args, example_kwarg_inputs=kwargs or None, check_trace=False)
+        traced = torch.jit.trace(target, args, example_kwarg_inputs=kwargs or None, check_trace=False)
         torch.jit.save(traced, str(tmp))
     frozen = {f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
     return Written(notes=[f"the trace froze a data-dependent value or branch at {where}: other inputs may take "
@@ -404,17 +412,23 @@ def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: st
     """
     fmt = FORMATS[check_format(format)]
     model = unwrap(model, fmt.name)
+    check_not_meta(model, "export")
     check_device(model, example_inputs)
     check_exportable(model, example_inputs, fmt.name)
     work = working_copy(model).eval()
+    cache = cache_off(work)
+    example_inputs = cache_free_inputs(example_inputs)
     with torch.no_grad():
-        call(work, example_inputs)  # the model's own failure, named with the input shapes
+        eager = call(work, example_inputs)  # the model's own failure, named with the input shapes
+    check_tensor_outputs(eager, f"{fmt.name} export")
     final, owner = target_path(path, fmt)
     try:
         with atomic_file(final) as tmp:
             written = _write(fmt, work, example_inputs, tmp, ExportOptions(opset=opset), model)
         result = ExportResult(fmt.name, final, final.stat().st_size, fmt.operators(final, written), fmt.runtime,
-                              owner=owner)
+                              owner=owner, outputs=OutputStructure(eager))
+        if cache:
+            result.notes.append(CACHE_NOTE.format(what="the exported program"))
         result.notes.extend(written.notes)
         if check or latency:
             verify(result, work, example_inputs, latency=latency, repeat=repeat)
@@ -427,6 +441,7 @@ def export(model: nn.Module, example_inputs: Any, format: str = "onnx", path: st
 
 def check_exportable(model: nn.Module, inputs: Any, fmt: str) -> None:
     """Refuse what no format can export (meta tensors) and what ONNX cannot run (bfloat16), before writing."""
+    check_not_meta(model, "export")
     tensors = [*model.parameters(), *model.buffers(), *tensors_in(inputs)]
     if any(t.device.type == "meta" for t in tensors):
         raise InputError(

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from ..inputs import call, channels_last, check_device, check_module, tensors_in
+from ..inputs import call, channels_last, check_device, check_module, check_not_meta, tensors_in
 from ..layers import drop_training_only, fold_batchnorm
 from ..model_state import working_copy
 from ..timing import Ratio, compare_pair
@@ -69,6 +69,7 @@ def fuse(model: nn.Module, example_inputs: Any, *, channels_last: bool = False,
     ``result.channels_last_speedup`` their ratio with its spread, ``result.noisy``). Conv+ReLU fusion is left to the runtimes (onnxruntime, XNNPACK) that do it.
     """
     check_module(model)
+    check_not_meta(model, "fuse")
     check_device(model, example_inputs)
     fused_model = working_copy(model).eval()
     with torch.no_grad():

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph import OutputStructure
 from ..inputs import tensors_in
 from .export import FORMATS, check_format, owner_of
 
@@ -15,6 +16,9 @@ class RuntimeModule(nn.Module):
     """Runs an exported program (onnxruntime, torch.jit, ExecuTorch or any format in ``FORMATS``) on torch
     tensors, through its format's ``runner``.
 
+    With ``outputs`` (``ExportResult.outputs``, or :meth:`from_export`) it returns what the model returns (a
+    ``ModelOutput``, a dict, nested tuples); without, one tensor or a flat tuple.
+
     Programs of a format with a fixed batch size get other batch sizes in chunks of the example's size
     (the last chunk padded), so ``demo.evaluate`` and other loaders work unchanged.
 
@@ -22,9 +26,10 @@ class RuntimeModule(nn.Module):
     folder's owner), however long the export result lives.
     """
 
-    def __init__(self, path: str | Path, format: str, example_inputs: Any):
+    def __init__(self, path: str | Path, format: str, example_inputs: Any, *, outputs: OutputStructure | None = None):
         super().__init__()
         self.path, self.format = Path(path), check_format(format)
+        self.outputs = outputs  # the model's output structure (ExportResult.outputs): rebuilt on every call
         self._owner = owner_of(self.path)  # keeps nbopt's temp folder (if any) alive while this module is
         self.example = [t.clone() for t in tensors_in(example_inputs)]
         self.batch = self.example[0].shape[0] if self.example and self.example[0].dim() else None
@@ -51,7 +56,15 @@ class RuntimeModule(nn.Module):
         else:
             outs = self._chunked(tensors, n)
         outs = [torch.as_tensor(o) for o in outs]
+        if self.outputs is not None:
+            return self.outputs.rebuild(outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @classmethod
+    def from_export(cls, result: Any, example_inputs: Any) -> "RuntimeModule":
+        """The file of ``result`` (an :class:`~nbopt.deployment.export.ExportResult`) in its runtime, returning
+        what the model returned (a ``ModelOutput``, a dict, nested tuples), not the runtime's flat list."""
+        return cls(result.path, result.format, example_inputs, outputs=result.outputs)
 
     def _chunked(self, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
         pieces = []

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import NboptError
-from ..inputs import call, check_device, check_module
+from ..inputs import call, check_device, check_module, check_not_meta
 from ..model_state import working_copy
 from ..timing import CONTENDED_WAIT, compare_steady, is_noisy, noise_note, ratio
 
@@ -35,6 +35,7 @@ def threads_sweep(model: nn.Module, inputs: Any, threads: Iterable[int] = (1, 2)
     """
     values = _check_threads(threads)
     check_module(model)
+    check_not_meta(model, "thread timing")
     check_device(model, inputs)
     work = working_copy(model).eval()
     before = torch.get_num_threads()

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from torch import nn
 
 from ..errors import InputError, NboptError
-from ..inputs import call, check_finite, check_module
-from ..layers import eval_folded, weighted_layers
+from ..graph import CACHE_NOTE, cache_off
+from ..inputs import call, check_finite, check_module, check_not_meta
+from ..layers import eval_folded, skipped_layers, warn_skipped, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
 from ..timing import STEADY_BLOCK, STEADY_SETTLE_MS, Pair, compare, compare_pair, is_noisy, machine_load
 from .calibration import first_input, reusable, run_batches
@@ -17,7 +18,7 @@ from .metrics import fidelity
 from .options import LAYER_KINDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
-from .simulate import attach, calibrate, weight_qparams
+from .simulate import attach, calibrate, layer_qparams
 from .sizes import deployable_bytes, fp32_sizes
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
             is what fidelity and latency are measured on. Needed unless ``act_bits=None`` in simulate mode.
             It is read several times; a one-shot iterator (a generator) is read once into a list first, so
             all its batches are held in memory: pass a list or a DataLoader to avoid that.
-        weight_bits: bits of every Conv/Linear weight, an integer 2-16 (8 for the int8 modes).
+        weight_bits: bits of every Conv/linear-like weight (``Conv1D`` included), an integer 2-16 (8 for the int8 modes).
         act_bits: bits of each layer's input activations (2-16), or None to keep them in float.
         granularity: "per_channel" (one scale per output channel) or "per_tensor" weight scales.
         symmetric: symmetric weight grid (zero point 0); activations are always asymmetric.
@@ -58,6 +59,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     is noisy or the machine busy, ``result.noisy`` is True and ``result.latency_note`` says so.
     """
     check_module(model)
+    check_not_meta(model, "quantize")
     opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
     check_choice(mode, MODES, "mode")
     check_choice(backend, ("auto", *BUILDERS), "backend")
@@ -66,7 +68,7 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     _check_mode(mode, opts, calib)
     _check_quantizable(model, mode)
     calib = reusable(calib)
-    job = _prepare(model, calib, opts, evaluate, progress, repeat)
+    job = _prepare(model, calib, opts, evaluate, progress, repeat, capture=mode != "simulate")
     if mode == "simulate":
         return _with_latency_note(_simulate(job))
     return _with_latency_note(_real(job, dynamic=mode == "dynamic", backend=backend))
@@ -84,16 +86,26 @@ class _Job:
     evaluate: Callable[[nn.Module], float] | None
     progress: bool
     repeat: int
+    notes: tuple[str, ...] = ()  # what was changed on the copies (a KV cache turned off)
 
 
 def _prepare(model: nn.Module, calib: Any, opts: QuantOptions, evaluate: Callable[[nn.Module], float] | None,
-             progress: bool, repeat: int) -> _Job:
-    """Check the calibration inputs and make the fp32 copies every mode starts from."""
+             progress: bool, repeat: int, capture: bool = False) -> _Job:
+    """Check the calibration inputs and make the fp32 copies every mode starts from.
+
+    ``capture`` (the int8 modes, which capture a graph): a Hugging Face model's KV cache is turned off on the
+    copies (a ``DynamicCache`` cannot be a graph output), said in the job's notes; the fp32 baseline is that
+    same cache-free copy, so both sides are timed and compared alike.
+    """
     example = first_input(calib) if calib is not None else None
     if example is not None:
         check_finite(example, "calibration inputs")
-    return _Job(reference=working_copy(model).eval(), folded=eval_folded(working_copy(model)), calib=calib,
-                example=example, opts=opts, evaluate=evaluate, progress=progress, repeat=repeat)
+    reference, folded = working_copy(model).eval(), eval_folded(working_copy(model))
+    notes = ()
+    if capture and cache_off(reference) | cache_off(folded):
+        notes = (CACHE_NOTE.format(what="the int8 model"),)
+    return _Job(reference=reference, folded=folded, calib=calib, example=example, opts=opts, evaluate=evaluate,
+                progress=progress, repeat=repeat, notes=notes)
 
 
 def _check_quantizable(model: nn.Module, mode: str) -> None:
@@ -156,13 +168,16 @@ def _simulate(job: _Job) -> QuantResult:
     result = _finish(job, sim, report=layer_report(job.folded, sim, qparams, job.opts, job.example),
                      mode="simulate", backend="simulate", real=False, sizes=_simulated_sizes(job, sim, bits))
     result.notes.append(_simulated_note(result.speedup_text(), bits))
+    skipped = warn_skipped(skipped_layers(job.folded), "simulated quantization", stacklevel=4)
+    if skipped:
+        result.notes.append(skipped)
     return result
 
 
 def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
     program, reason = _build(job, dynamic=dynamic, backend=backend)
     w8 = job.opts.with_(weight_bits=8, granularity="per_channel", symmetric=True, observer="minmax", layer_bits={})
-    qparams = {n: weight_qparams(m.weight, 8, w8) for n, m in weighted_layers(job.folded).items()}
+    qparams = {n: layer_qparams(m, 8, w8) for n, m in weighted_layers(job.folded).items()}
     sizes = {"fp32": fp32_sizes(job.reference),
              "quantized": {"dense": program.dense_bytes, "disk": program.disk_bytes,
                            "deployable": deployable_bytes(job.folded, {n: 8 for n in qparams})}}
@@ -171,6 +186,7 @@ def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
                      backend=program.backend, real=True, sizes=sizes)
     result.backend_reason = reason
     result.cpu = program.cpu_note
+    result.notes.extend(job.notes)
     result.notes.append(f"Real int8 ({program.backend}): {reason}. Per-layer output SQNR is not observable "
                         "inside the compiled program; see the end-to-end fidelity.")
     if program.cpu_note:

@@ -10,14 +10,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NboptError, PartialResultWarning, check_on_interrupt
-from ..inputs import check_module
+from ..inputs import check_module, check_not_meta
 from ..layers import weighted_layers
 from ..model_state import working_copy
 from .api import _finish, _Job, _prepare, _simulated, _simulated_note, _simulated_sizes, _with_latency_note
 from .options import QuantOptions, check_finite_weights, check_layer_names
 from .report import layer_report
 from .result import QuantResult
-from .simulate import attach, bake, calibrate, weight_qparams
+from .simulate import attach, bake, calibrate, layer_qparams
 
 OPTION_NAMES = frozenset(f.name for f in fields(QuantOptions))
 REPEAT = 9  # timed calls per model for the latency comparison: 3 blocks of 3, enough for quartiles (QAT results
@@ -59,6 +59,7 @@ def qat(model: nn.Module, train_data: Any, loss_fn: Callable[[torch.Tensor, torc
     KeyboardInterrupt propagates.
     """
     check_module(model)
+    check_not_meta(model, "qat")
     evaluate = quantize_options.pop("evaluate", None)
     unknown = set(quantize_options) - OPTION_NAMES
     if unknown:
@@ -121,7 +122,7 @@ def _result(job: _Job, trained: nn.Module) -> QuantResult:
     opts = job.opts
     layers = weighted_layers(trained)
     bits = {n: opts.bits_for(n) for n in layers}
-    qparams = {n: weight_qparams(m.weight, bits[n], opts) for n, m in layers.items()}
+    qparams = {n: layer_qparams(m, bits[n], opts) for n, m in layers.items()}
     result = _finish(job, trained, report=layer_report(trained, None, qparams, opts, None), mode="qat",
                      backend="simulate", real=False, sizes=_simulated_sizes(job, trained, bits))
     if job.evaluate is not None:

@@ -16,15 +16,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError, NboptError, PartialResultWarning, check_on_interrupt
-from ..inputs import call, check_module
-from ..layers import eval_folded, weighted_layers
+from ..inputs import call, check_module, check_not_meta
+from ..layers import eval_folded, skipped_layers, warn_skipped, weighted_layers
 from ..model_state import working_copy
 from .activation_cache import ActivationCache, trace
 from .calibration import EMPTY_CALIBRATION, calibration_inputs
 from .metrics import fidelity
 from .observers import fake_quant
 from .options import LAYER_KINDS, QuantOptions, check_bits, check_finite_weights
-from .simulate import weight_qparams
+from .simulate import layer_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
 
@@ -61,7 +61,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
                 bits: Iterable[int] = (8, 6, 4), *, granularity: str = "per_channel", symmetric: bool = True,
                 observer: str = "minmax", method: str = "cached", progress: bool = True,
                 on_interrupt: str = "return") -> pd.DataFrame:
-    """DataFrame, one row per Conv/Linear layer: ``drop_{b}bit`` (metric drop) and ``sqnr_{b}bit`` (dB).
+    """DataFrame, one row per Conv/linear-like layer (``nn.Linear``, transformers' ``Conv1D``): ``drop_{b}bit`` (metric drop) and ``sqnr_{b}bit`` (dB).
 
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
     drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib``, measured where the
@@ -86,9 +86,12 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     Interrupting the sweep (Ctrl-C, the notebook's stop button) with ``on_interrupt="return"`` (default),
     once at least one layer is done, returns the finished layers with ``df.attrs["partial"] = True`` and a
     :class:`PartialResultWarning`; before the first layer finishes, or with ``on_interrupt="raise"``, the
-    KeyboardInterrupt propagates. The model is never modified.
+    KeyboardInterrupt propagates. Layers holding weights that are not measured (embeddings, custom layers) are
+    listed in ``df.attrs["skipped"]`` (name -> type and parameters) with a ``SkippedLayerWarning``. The model is
+    never modified.
     """
     check_module(model)
+    check_not_meta(model, "sensitivity")
     bits = _bit_list(bits)
     if method not in ("cached", "naive"):
         raise NboptError(f"method={method!r} must be 'cached' or 'naive'.")
@@ -114,7 +117,8 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else " / ".join(sorted(kinds)) or TOP1,
                     method=used, batched=batched, layout=layout,
                     options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
-                    partial=len(rows) < len(layers), layers_total=len(layers))
+                    partial=len(rows) < len(layers), layers_total=len(layers), skipped=skipped_layers(folded))
+    warn_skipped(df.attrs["skipped"], "sensitivity", stacklevel=3)
     return df
 
 
@@ -125,7 +129,7 @@ def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, tr
     try:
         for name in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
             w = layers[name].weight.detach()
-            cells = trial(name, [fake_quant(w, weight_qparams(w, b, opts)) for b in bits])
+            cells = trial(name, [fake_quant(w, layer_qparams(layers[name], b, opts)) for b in bits])
             row = {"layer": name, "type": type(layers[name]).__name__, "params": w.numel()}
             for b, cell in zip(bits, cells):
                 row[f"drop_{b}bit"], row[f"sqnr_{b}bit"] = cell["drop"], cell["sqnr"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import weighted_layers
+from ..layers import out_axis, weighted_layers
 from ..model_state import disk_bytes, size_bytes
 
 
@@ -19,7 +19,7 @@ def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool
                 if id(t) not in quantized)
     for name, b in bits.items():
         w = layers[name].weight
-        n_scales = w.shape[0] if per_channel else 1
+        n_scales = w.shape[out_axis(layers[name])] if per_channel else 1  # Conv1D: outputs are dim 1
         total += -(-w.numel() * b // 8) + n_scales * (4 if symmetric else 8)
     return int(total)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import NboptError
-from ..inputs import check_finite, check_module
+from ..inputs import check_finite, check_module, check_not_meta
 from ..layers import eval_folded, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
 from .calibration import first_input, run_batches
@@ -57,6 +57,7 @@ class QuantTuner:
     def __init__(self, model: nn.Module, calib: Any, *, evaluate: Callable[[nn.Module], float] | None = None,
                  observer: str = "minmax", percentile: float = 99.99, progress: bool = False) -> None:
         check_module(model)
+        check_not_meta(model, "QuantTuner")
         if calib is None:
             raise NboptError("QuantTuner needs calibration data (a tensor, DataLoader or list of batches) to fix "
                              "activation ranges, e.g. nbopt.demo.calibration_data()")

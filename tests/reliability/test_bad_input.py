@@ -108,8 +108,10 @@ def test_profile_meta_only_failure_suggests_a_real_run():
 def test_profile_wrong_device_says_how_to_move():
     m = nn.Linear(4, 3, device="meta")  # the only second device on a CPU-only machine
     params = list(m.parameters())
-    raises(NboptError, r"inputs are on cpu but the model is on meta; move one of them, "
-                       r"e\.g\. x\.to\('meta'\) or model\.to\('cpu'\)", nbopt.profile, m, torch.randn(1, 4))
+    # a meta model cannot be moved with model.to('cpu') (no values): the message says what works
+    raises(NboptError, r"inputs are on cpu but the model's weights are on the meta device \(no values\): to count "
+                       r"work without weights pass meta inputs too \(x\.to\('meta'\)\); to run it, create the "
+                       r"weights with model\.to_empty\(device='cpu'\)", nbopt.profile, m, torch.randn(1, 4))
     assert list(m.parameters()) == params and all(p.device.type == "meta" for p in params)
 
 
@@ -162,7 +164,7 @@ def test_table_queries_name_the_columns():
 CELL_ERRORS = [
     ("--bogus", "model(x)", r"unrecognized arguments: --bogus; see `%profile_flops\?` for the options"),
     ("--by module", "model(x)", r"argument --by: invalid choice: 'module' \(choose from 'layer', 'type'\)"),
-    ("--top three", "model(x)", r"argument --top: invalid int value: 'three'"),
+    ("--top three", "model(x)", r"--top needs a number of layers or 'all', got 'three'"),
     ("--repeat 0", "model(x)", r"repeat must be at least 1, got 0"),
     ("--no-latency", "y = 1 + 1", r"the code ran no torch\.nn\.Module; call a model in it, e\.g\. `model\(x\)`"),
     ("--no-latency", "model(torch.randn(2, 1, 5, 5))",
@@ -424,9 +426,9 @@ def test_simulate_and_sensitivity_refuse_a_functional_only_model():
     quantize, sensitivity = api("quantize"), api("sensitivity")
     m = _FunctionalOnly().eval()
     err = raises(NboptError, r"^mode='simulate' has nothing to quantize: the model \(_FunctionalOnly\) has no "
-                             r"nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module", quantize, m, X, progress=False, model=m)
+                             r"nn\.Conv1d/Conv2d/Conv3d, nn\.Linear or linear-like \(transformers' Conv1D\) module", quantize, m, X, progress=False, model=m)
     assert "mode='dynamic' or mode='int8'" in str(err)
     err = raises(NboptError, r"^sensitivity has no layer to measure: the model \(_FunctionalOnly\) has no "
-                             r"nn\.Conv1d/Conv2d/Conv3d or nn\.Linear module", sensitivity, m, X, progress=False,
+                             r"nn\.Conv1d/Conv2d/Conv3d, nn\.Linear or linear-like \(transformers' Conv1D\) module", sensitivity, m, X, progress=False,
                  model=m)
     assert "quantize(model, calib, mode='dynamic') or mode='int8'" in str(err)

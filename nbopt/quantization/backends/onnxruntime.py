@@ -11,25 +11,24 @@ from torch.utils import _pytree as pytree
 
 from ... import graph
 from ...cpu import Int8Settings, int8_settings
-from ...errors import InputError
-from ...inputs import call, describe_shapes, tensors_in
+from ...inputs import call, tensors_in
 from ...model_state import working_copy
 from ..calibration import calibration_inputs
-from .base import Int8Program, for_cpu, need
+from .base import Int8Program, check_program_inputs, dtype_name as _dtype, for_cpu, need
 
 
 class OrtModule(nn.Module):
     """An onnxruntime session called like a torch module (tensors in; what the model returns out).
 
-    ``outputs``: the pytree spec of the model's eager output on the example (and its non-tensor leaves), so a
-    dict, a nested tuple/list or a one-entry dict comes back as the model returned it, not as ONNX's flat
-    list. ``inputs``: the (shape, dtype) of each input it was built for, dim 0 free: another resolution or
+    ``outputs``: the :class:`~nbopt.graph.OutputStructure` of the model's eager output on the example, so a
+    ``ModelOutput``, a dict, a nested tuple/list or a one-entry dict comes back as the model returned it, not as
+    ONNX's flat list. ``inputs``: the (shape, dtype) of each input it was built for, dim 0 free: another resolution or
     dtype is a clear :class:`~nbopt.errors.InputError` instead of onnxruntime's INVALID_ARGUMENT. ``dtype``:
     the model's floating dtype when it was converted to float32 for ONNX (bfloat16, float16): inputs are
     cast to float32 and float outputs back to it.
     """
 
-    def __init__(self, onnx_bytes: bytes, threads: int | None = None, *, outputs: Any = None,
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None, *, outputs: graph.OutputStructure | None = None,
                  inputs: list[tuple[tuple[int, ...], torch.dtype]] | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.onnx_bytes, self.threads = onnx_bytes, threads or torch.get_num_threads()
@@ -57,41 +56,12 @@ class OrtModule(nn.Module):
         if self.dtype is not None:
             outs = [o.to(self.dtype) if o.is_floating_point() else o for o in outs]
         if self.outputs is not None:
-            spec, leaves = self.outputs  # leaves: (is a tensor, the non-tensor value)
-            it = iter(outs)
-            if sum(is_tensor for is_tensor, _ in leaves) == len(outs):
-                return pytree.tree_unflatten([next(it) if is_tensor else v for is_tensor, v in leaves], spec)
+            return self.outputs.rebuild(outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _check(self, values: list[torch.Tensor], given: Any) -> None:
         """Inputs of the shape (dim 0 free) and dtype the program was built for, else a clear InputError."""
-        if self.inputs is None:
-            return
-        built = ", ".join(f"{_free_batch(s)} {_dtype(d)}" for s, d in self.inputs)
-        if len(values) != len(self.inputs):
-            raise InputError(f"this onnxruntime int8 program takes {len(self.inputs)} tensor input(s) ({built}); "
-                             f"it was given {len(values)}: {describe_shapes(given)}.")
-        for i, (v, (shape, dtype)) in enumerate(zip(values, self.inputs)):
-            wanted = self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
-            if v.dtype != wanted:
-                raise InputError(
-                    f"input {i} is {_dtype(v.dtype)} but this onnxruntime int8 program was built for "
-                    f"{_dtype(wanted)} ({built}): pass {_dtype(wanted)} tensors (x.to({wanted})), or quantize "
-                    f"again with calibration data of that dtype.")
-            if v.dim() != len(shape) or tuple(v.shape[1:]) != tuple(shape[1:]):
-                raise InputError(
-                    f"input {i} has shape {tuple(v.shape)} but this onnxruntime int8 program was built for "
-                    f"{_free_batch(shape)} (any batch size; the other dims are fixed in the exported graph): "
-                    f"resize the input to that shape, or quantize again with calibration data of shape "
-                    f"{_free_batch(tuple(v.shape))}.")
-
-
-def _free_batch(shape: tuple[int, ...]) -> str:
-    return "(N" + "".join(f", {d}" for d in shape[1:]) + ")" if shape else "()"
-
-
-def _dtype(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+        check_program_inputs("onnxruntime", self.inputs, values, given, self.dtype)
 
 
 def export_onnx(model: nn.Module, example: Any, path: str) -> None:
@@ -139,24 +109,23 @@ def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     model, example, dtype = _float32(model, example)
     with torch.no_grad():
         eager = call(model, example)
-    leaves, spec = pytree.tree_flatten(eager)
+    graph.check_tensor_outputs(eager, "the onnxruntime int8 path")
     inputs = [(tuple(t.shape), t.dtype) for t in tensors_in(example)]
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         export_onnx(model, example, fp32)
-        if dynamic:
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=settings.reduce_range)
-        else:
-            names = [i.name for i in ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()]
-            reader = _Reader(names, calib, progress, float32=dtype is not None)
-            quantize_static(fp32, int8, reader, quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=settings.reduce_range)
+        with graph.quiet_root_logging():  # onnxruntime's "consider pre-processing" warning, twice per build
+            if dynamic:
+                quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
+                                 reduce_range=settings.reduce_range)
+            else:
+                names = [i.name for i in ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()]
+                reader = _Reader(names, calib, progress, float32=dtype is not None)
+                quantize_static(fp32, int8, reader, quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                reduce_range=settings.reduce_range)
         data = open(int8, "rb").read()
-    module = OrtModule(data, outputs=(spec, [(isinstance(v, torch.Tensor), None if isinstance(v, torch.Tensor) else v)
-                                          for v in leaves]),
-                       inputs=inputs, dtype=dtype)
+    module = OrtModule(data, outputs=graph.OutputStructure(eager), inputs=inputs, dtype=dtype)
     program = for_cpu(Int8Program("onnxruntime", module, _onnx_initializer_bytes(data), len(data)), settings)
     if dtype is not None:
         program.notes.append(f"The {_dtype(dtype)} model was converted to float32 for ONNX export (onnxruntime "

@@ -18,7 +18,7 @@ from ...cpu import Int8Settings, int8_settings
 from ...errors import UnsupportedModelError, describe_exception
 from ...inputs import call, tensors_in
 from ..calibration import run_batches
-from .base import Int8Program, for_cpu, need, tensor_bytes
+from .base import Int8Program, check_program_inputs, for_cpu, need, tensor_bytes
 
 
 def capture_for_pt2e(model: nn.Module, example: Any, backend: str = "pt2e", prepare: Any = None) -> nn.Module:
@@ -116,8 +116,10 @@ class CompiledInt8(nn.Module):
         # state_dict duplicates); "state": "untried" | "ok" | "failed"
         self._dynamic: dict[str, Any] = {"state": "untried", "program": None}
         self.fallback = ""  # why the uncompiled int8 graph runs instead of the compiled one ("" while compiled)
+        self.inputs: list[tuple[tuple[int, ...], torch.dtype]] | None = None  # (shape, dtype) built for, dim 0 free
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        check_program_inputs("pt2e", self.inputs, list(tensors_in((args, kwargs))), (args, kwargs))
         if self.fallback:
             return _uncompiled_call(self.converted, args, kwargs)
         size = _batch_size(args, kwargs)
@@ -245,6 +247,7 @@ def build_pt2e(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     torch.save(converted.state_dict(), buf)
     dense = tensor_bytes(converted.state_dict().values())
     compiled = CompiledInt8(converted)
+    compiled.inputs = [(tuple(t.shape), t.dtype) for t in tensors_in(example)]
     program = for_cpu(Int8Program("pt2e", compiled, dense, buf.getbuffer().nbytes), settings)
     with warnings.catch_warnings():  # compile once on the example: a lowering failure becomes a note here
         warnings.simplefilter("ignore")
