@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import NboptError, PartialResultWarning, check_on_interrupt
-from ..inputs import batches, call, check_module
+from ..inputs import batches, call, check_module, check_not_meta
 from ..model_state import working_copy
 
 
@@ -41,6 +41,7 @@ def finetune(model: nn.Module, train_data: Any, loss_fn: Callable[[Any, Any], to
     discarded. A finished run has ``finetune_info.partial == False``.
     """
     check_module(model)
+    check_not_meta(model, "finetune")
     _check_args(epochs, lr, on_interrupt)
     data = batches(train_data)
     tuned = working_copy(model)

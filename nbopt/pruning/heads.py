@@ -1,4 +1,7 @@
-"""Attention-head pruning for ``nn.MultiheadAttention``: whole heads scored, previewed and removed.
+"""Attention-head pruning: whole heads scored, previewed and removed.
+
+Hugging Face ``transformers`` attention heads and MLP channels (Llama/Mistral/Qwen2, BERT, GPT-2) are handled
+by :mod:`.hf` (uniform groups across layers, configs updated); this module dispatches to it.
 
 ``nn.MultiheadAttention`` ties its inner width to the embedding width, which the residual stream (and its
 LayerNorms) keeps whole, so fewer heads cannot be expressed with it. A head group is rooted at the
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import hf
 from .structured import ChannelGroup, Member, pruned_indices
 
 
@@ -28,9 +32,16 @@ def head_rows(m: nn.MultiheadAttention, heads: torch.Tensor) -> tuple[torch.Tens
     return torch.cat([inner + part * e for part in range(3)]), owner.repeat(3)
 
 
+def head_owned_layers(model: nn.Module) -> set[str]:
+    """Layers whose channels only head groups may remove: the q/k/v/o (``c_attn``/``c_proj``) projections and the
+    MLP projections of transformers models (generic channel groups rooted at them must be blocked)."""
+    return hf.owned_layers(model)
+
+
 def head_groups(model: nn.Module, roots: set[str], criterion: str = "l1") -> list[ChannelGroup]:
-    """One group per supported attention whose ``out_proj`` may be pruned: its heads, least important first."""
-    groups = []
+    """One group per supported attention whose ``out_proj`` may be pruned: its heads, least important first;
+    plus the uniform head and MLP-channel groups of transformers models (:func:`hf.groups`)."""
+    groups: list[ChannelGroup] = list(hf.groups(model, roots, criterion))
     for name, m in model.named_modules():
         root = f"{name}.out_proj" if name else "out_proj"
         if not isinstance(m, nn.MultiheadAttention) or root not in roots or not _supported(m):
@@ -141,8 +152,12 @@ def _merge_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor 
 
 
 def remove_heads(model: nn.Module, groups: list[ChannelGroup], kept: dict[str, int]) -> None:
-    """Swap each attention whose group keeps fewer heads for a :class:`PrunedMultiheadAttention` (in place)."""
+    """Swap each attention whose group keeps fewer heads for a :class:`PrunedMultiheadAttention`, and remove the
+    units of transformers groups (:func:`hf.remove`; configs updated), in place."""
     for g in groups:
+        if isinstance(g, hf.UniformGroup):  # MLP channels too (heads=False: their kept counts are rounded)
+            hf.remove(model, g, kept[g.root])
+            continue
         if not g.heads or kept[g.root] >= g.channels:
             continue
         parent_name, _, attr = g.root[: -len(".out_proj")].rpartition(".")
@@ -153,3 +168,7 @@ def remove_heads(model: nn.Module, groups: list[ChannelGroup], kept: dict[str, i
             keep = torch.tensor([h for h in range(g.channels) if h not in removed])
             setattr(parent, attr, PrunedMultiheadAttention(mha, keep).train(mha.training))
 
+
+def notes(groups: list[ChannelGroup], kept: dict[str, int]) -> list[str]:
+    """Caveats of a head-pruned model (e.g. a config that cannot express fewer heads), for a result's notes."""
+    return hf.notes(groups, kept)

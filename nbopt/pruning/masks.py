@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import InputTypeError, NboptError
+from ..errors import InputTypeError, NboptError, UnsupportedModelError
 from ..inputs import check_finite_weights
-from ..layers import WEIGHTED
+from ..layers import WEIGHTED, is_transposed_linear
 
 
 @dataclass
@@ -80,7 +80,7 @@ def prunable_layers(model: nn.Module, layers: list[str] | None = None,
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, m in model.named_modules():
-        if isinstance(m, WEIGHTED) and isinstance(getattr(m, "weight", None), torch.Tensor) \
+        if (isinstance(m, WEIGHTED) or is_transposed_linear(m)) and isinstance(getattr(m, "weight", None), torch.Tensor) \
                 and id(m.weight) not in seen:
             seen.add(id(m.weight))
             found[name] = m
@@ -90,6 +90,9 @@ def prunable_layers(model: nn.Module, layers: list[str] | None = None,
         found = {n: m for n, m in found.items() if any(_matches(n, p) for p in layers)}
     if exclude:
         found = {n: m for n, m in found.items() if not any(_matches(n, p) for p in exclude)}
+    if not found and not _all_prunable(model):
+        raise UnsupportedModelError(f"no prunable Conv/Linear layer is left to prune: {type(model).__name__} has none "
+                                    "(nbopt prunes the weights of nn.Conv1d/2d/3d and nn.Linear layers only).")
     if not found:
         raise NboptError("no prunable Conv/Linear layer is left to prune; check layers=/exclude= "
                          f"(prunable layers: {', '.join(list(_all_prunable(model))[:8])} ...)")
@@ -101,7 +104,7 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def _all_prunable(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
+    return [n for n, m in model.named_modules() if isinstance(m, WEIGHTED) or is_transposed_linear(m)]
 
 
 def check_names(model: nn.Module, found: dict[str, nn.Module], names: list[str] | None, what: str) -> None:

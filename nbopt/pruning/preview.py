@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import out_axis
 from .structured import ChannelGroup, pruned_indices
 
 Key = tuple[nn.Module, int]  # (module, 0: output rows / 1: input columns)
@@ -25,7 +26,7 @@ def removed_slices(groups: list[ChannelGroup], kept: dict[str, int]) -> dict[Key
         root_flag[removed] = True
         for mem in g.members:
             m = mem.module
-            dim = 0 if mem.out or _is_bn(m) else 1
+            dim = 0 if _is_bn(m) else (out_axis(m) if mem.out else 1 - out_axis(m))
             if dim == 1 and not (isinstance(m, nn.Linear) or getattr(m, "groups", 1) == 1):
                 continue  # depthwise/grouped input side: its output rows follow as an ``out`` member
             key = (m, dim)
@@ -105,5 +106,6 @@ class ChannelPreview:
         if len(cols_gone):
             w.index_fill_(1, cols_gone, 0)
         if b is not None and orig_b is not None:
-            b.data.index_copy_(0, rows_back, orig_b.index_select(0, rows_back))
-            b.data.index_fill_(0, rows_gone, 0)
+            back, gone = (cols_back, cols_gone) if out_axis(m) == 1 else (rows_back, rows_gone)
+            b.data.index_copy_(0, back, orig_b.index_select(0, back))
+            b.data.index_fill_(0, gone, 0)

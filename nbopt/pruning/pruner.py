@@ -9,8 +9,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import NboptError
-from ..inputs import call, check_device, check_finite, check_module
+from .. import graph
+from ..errors import NboptError, UnsupportedModelError, describe_exception
+from ..inputs import call, check_device, check_finite, check_module, check_not_meta
+from ..layers import out_axis
 from ..model_state import preserved, working_copy
 from . import heads as H
 from . import structured as S
@@ -18,6 +20,8 @@ from .preview import ChannelPreview, removed_slices
 from .masks import LayerMask, build_masks, check_finite_parameters, check_names, global_counts, prunable_layers
 
 SCOPES = ("global", "layer")
+PRUNE_CACHE_NOTE = ("use_cache was off while pruning (a KV cache cannot be traced); the pruned model has it on again, "
+                    "like yours. Your model's config is unchanged.")
 
 
 class Pruner:
@@ -34,6 +38,7 @@ class Pruner:
                  exclude: list[str] | None = None, criterion: str = "l1", round_to: int = 8,
                  progress: bool = True) -> None:
         check_module(model)
+        check_not_meta(model, "Pruner/prune")
         check_finite_parameters(model)
         check_finite(example_inputs, "example_inputs")
         check_device(model, example_inputs)
@@ -42,12 +47,18 @@ class Pruner:
         if not isinstance(round_to, int) or round_to < 1:
             raise NboptError(f"round_to must be a positive int (8 suits most CPU kernels), got {round_to!r}")
         self.original = model
-        self.example_inputs = example_inputs
+        self.example_inputs = graph.cache_free_inputs(example_inputs)
         self.criterion, self.round_to = criterion, round_to
         self._explicit_layers = list(layers) if layers is not None else None
+        # a KV cache (DynamicCache) cannot be traced: pruning works on copies with use_cache off, and the
+        # exported model gets it back (see export)
+        self._cache_modules = [n for n, m in model.named_modules()
+                               if getattr(getattr(m, "config", None), "use_cache", False) is True]
+        self.notes: list[str] = [PRUNE_CACHE_NOTE] if self._cache_modules else []
         self.model = working_copy(model)
+        graph.cache_off(self.model)
         with preserved(self.model, eval_mode=True), torch.no_grad():
-            call(self.model, example_inputs)
+            self._reference = S.output_spec(call(self.model, example_inputs))  # every export must match it
         self._layers = prunable_layers(self.model, layers, exclude)
         self._masks: dict[str, LayerMask] = build_masks(self._layers, progress)
         self._groups: list[S.ChannelGroup] | None = None
@@ -184,8 +195,10 @@ class Pruner:
                                  f"dependants nbopt cannot follow. Exclude it (exclude=[{b.root!r}]) or prune "
                                  "it unstructured (structured=False).")
             if not groups:
-                raise NboptError("no layer can be pruned structurally (every channel group reaches the output or "
-                                 "an unsupported layer); prune unstructured (structured=False) instead.")
+                why = "; ".join(f"{b.root}: {b.reason}" for b in blocked[:3])
+                raise UnsupportedModelError(
+                    "no layer can be pruned structurally (every channel group reaches the output or an unsupported "
+                    f"layer{f'; {why}' if why else ''}); prune unstructured (structured=False) instead.")
             self._groups, self.blocked = groups, blocked
         return self._groups
 
@@ -213,9 +226,10 @@ class Pruner:
             bias = getattr(m.module, "bias", None)
             nb = 0 if bias is None else bias.numel()
             if self.structured:  # from the plan, not from zeros: trained or zero-initialised weights may hold zeros
-                n_out, n_in = w.shape[0], w.shape[1]
-                kept = n_out - removed.get((m.module, 0), 0)
-                nz = round(m.numel * kept / n_out * (n_in - removed.get((m.module, 1), 0)) / n_in)
+                o = out_axis(m.module)
+                n_out, n_in = w.shape[o], w.shape[1 - o]
+                kept = n_out - removed.get((m.module, o), 0)
+                nz = round(m.numel * kept / n_out * (n_in - removed.get((m.module, 1 - o), 0)) / n_in)
                 nzb = 0 if bias is None else kept
             else:
                 nz, nzb, kept = m.numel - max(m.k, 0), nb, out_channels(m.module)
@@ -233,22 +247,74 @@ class Pruner:
         return self._dense_macs
 
     def export(self) -> nn.Module:
-        """An independent model with the current setting baked in (structured: channels removed)."""
-        if self.structured:
-            with preserved(self.original):
-                model = working_copy(self.original)
-            groups = self._groups or []
-            with preserved(model, eval_mode=True):
-                try:
-                    S.remove_channels(model, self.example_inputs, groups, self._kept, set(self._masks))
-                    H.remove_heads(model, groups, self._kept)
-                except NboptError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - surface which model failed and the way out
-                    raise NboptError(f"removing channels failed ({type(exc).__name__}: {exc}); exclude the "
-                                     "layer it names or prune unstructured (structured=False).") from None
-            return model
-        return working_copy(self.model)
+        """An independent model with the current setting baked in (structured: channels removed).
+
+        The model is run on the example inputs before it is returned: it must return the same output structure,
+        types, shapes and dtypes as the original, or an :class:`UnsupportedModelError` names the channel group
+        that broke it (nothing half-pruned is returned; your model is untouched either way).
+        """
+        if not self.structured:
+            model = working_copy(self.model)
+            self._verify(model, lambda: None)
+            return self._cache_back(model)
+        kept = dict(self._kept)
+        model = self._removed(kept)
+        self._verify(model, lambda: self._culprit(kept))
+        return self._cache_back(model)
+
+    def _cache_back(self, model: nn.Module) -> nn.Module:
+        """Turn ``use_cache`` back on where the original had it (pruning traced the model without a cache)."""
+        for name in self._cache_modules:
+            model.get_submodule(name).config.use_cache = True
+        return model
+
+    def _removed(self, kept: dict[str, int], *, explain: bool = True) -> nn.Module:
+        """A fresh copy of the original with the channels of ``kept`` removed (``explain``: name the culprit
+        group when the removal itself fails)."""
+        with preserved(self.original):
+            model = working_copy(self.original)
+        graph.cache_off(model)
+        groups = self._groups or []
+        with preserved(model, eval_mode=True):
+            try:
+                S.remove_channels(model, self.example_inputs, groups, kept, set(self._masks))
+                H.remove_heads(model, groups, kept)
+            except NboptError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - surface which model failed and the way out
+                root = self._culprit(kept) if explain else None
+                where = f" in the group rooted at {root!r}; exclude it (exclude=[{root!r}])" if root else \
+                    "; exclude the layer it names"
+                raise UnsupportedModelError(f"removing channels failed ({describe_exception(exc)}){where} or prune "
+                                            "unstructured (structured=False).") from None
+        return model
+
+    def _verify(self, model: nn.Module, culprit: Any) -> None:
+        """Raise unless ``model`` runs on the example inputs with the original's output structure and shapes;
+        ``culprit()`` names the group to blame (or None)."""
+        with preserved(model, eval_mode=True):
+            problem = S.check_runs(model, self.example_inputs, self._reference)
+        if problem is not None:
+            root = culprit()
+            blame = (f" Removing the channels of the group rooted at {root!r} alone breaks it; exclude that layer "
+                     f"(exclude=[{root!r}])" if root else " Exclude the layers involved (exclude=[...])")
+            raise UnsupportedModelError(
+                f"the pruned {type(self.original).__name__} is not a drop-in replacement for the original: {problem}."
+                f"{blame} or prune unstructured (structured=False). Nothing was returned; your model is unchanged.")
+
+    def _culprit(self, kept: dict[str, int], limit: int = 24) -> str | None:
+        """The root of the first group that breaks the model when pruned alone (None if none does, alone)."""
+        groups = self._groups or []
+        for g in [g for g in groups if kept.get(g.root, g.channels) < g.channels][:limit]:
+            alone = {h.root: (kept[h.root] if h is g else h.channels) for h in groups}
+            try:
+                problem = S.check_runs(self._removed(alone, explain=False).eval(), self.example_inputs,
+                                       self._reference)
+            except NboptError as exc:
+                problem = str(exc)
+            if problem is not None:
+                return g.root
+        return None
 
     def __repr__(self) -> str:
         s = self.setting
@@ -277,7 +343,7 @@ def check_amount(amount: Any, what: str = "amount") -> None:
 
 def out_channels(m: nn.Module) -> int:
     """Output channels (rows) of a Conv/Linear weight."""
-    return int(m.weight.shape[0])
+    return int(m.weight.shape[out_axis(m)])
 
 
 def layer_macs(model: nn.Module, example_inputs: Any) -> dict[str, float]:

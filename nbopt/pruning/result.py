@@ -14,6 +14,7 @@ from ..errors import InputError, NboptError
 from ..inputs import as_args, forward_error
 from ..model_state import preserved, size_bytes
 from ..timing import Pair, Ratio
+from . import heads as H
 from .pruner import Pruner
 
 
@@ -76,6 +77,7 @@ def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None,
     pair = measure_pair(model, pruned, example_inputs) if latency else None
     result = PruneResult(pruned, report, summarize(model, pruned, example_inputs, report, latency, pair=pair),
                          pruner.setting)
+    result.notes.extend(pruner.notes + H.notes(pruner._groups or [], pruner._kept))
     if pair is not None:
         result.latency, result.speedup_spread, result.noisy = pair.summaries(), pair.speedup, pair.noisy
         if result.summary.attrs.get("note"):
