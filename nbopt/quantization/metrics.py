@@ -1,4 +1,5 @@
-"""Fidelity of a quantized model's outputs against fp32: top-1 agreement, cosine similarity, SQNR."""
+"""Fidelity of a quantized model's outputs against fp32: top-1 agreement, cosine similarity, SQNR; for language
+models (logits of shape (N, T, V)) also the KL divergence of the next-token distributions (:func:`lm_fidelity`)."""
 from __future__ import annotations
 
 import math
@@ -50,6 +51,9 @@ def fidelity(reference: list[Any], quantized: list[Any]) -> dict[str, Any]:
       segmentation maps. So deeplab's agreement is the fraction of pixels whose class agrees.
     * (N,) or 0-d, or a class dimension of size 1: no ``top1_agreement``.
 
+    For (N, T, V) logits ``kl_div`` is also reported: the mean over tokens of KL(fp32 || quantized) of the
+    softmax distributions, in nats.
+
     A batch whose output is empty (0 elements, e.g. a detector that found nothing) or whose quantized output
     has another shape than the fp32 one (e.g. another number of detections) is left out, and a ``note`` key
     (a string) says how many; when no batch is left, every metric is NaN.
@@ -89,7 +93,42 @@ def fidelity(reference: list[Any], quantized: list[Any]) -> dict[str, Any]:
             agree.append(rc.argmax(1) == qc.argmax(1))
     if agree:
         out["top1_agreement"] = float(torch.cat(agree).float().mean())
+    if all(r.dim() == 3 and r.shape[-1] > 1 for r in refs):  # sequence logits: next-token distributions
+        out["kl_div"] = kl_divergence(refs, qs)
     if skipped:
         out["note"] = (f"fidelity measured on {len(refs)} of {len(reference)} batches; left out: "
                        f"{'; '.join(skipped)}.")
+    return out
+
+
+def kl_divergence(reference: list[torch.Tensor], quantized: list[torch.Tensor]) -> float:
+    """Mean over positions of KL(softmax(ref) || softmax(q)) in nats; logits (..., V) per batch."""
+    total, count = 0.0, 0
+    for r, q in zip(reference, quantized):
+        lp = torch.log_softmax(r.float().reshape(-1, r.shape[-1]), -1)
+        lq = torch.log_softmax(q.float().reshape(-1, q.shape[-1]), -1)
+        total += float((lp.exp() * (lp - lq)).sum())
+        count += lp.shape[0]
+    return total / max(1, count)
+
+
+def lm_fidelity(reference: torch.nn.Module, model: torch.nn.Module, data: Any, *,
+                perplexity: Any = None) -> dict[str, float]:
+    """A (quantized or pruned) language model against its fp32 ``reference`` on ``data`` (batches of input ids).
+
+    ``token_top1``: fraction of positions whose most likely next token agrees with fp32's; ``kl_div``: mean
+    KL(fp32 || model) of the next-token distributions (nats); with ``perplexity`` (``perplexity(model) -> float``,
+    e.g. ``nbopt.demo.lm.perplexity``) also ``perplexity`` and ``fp32_perplexity``. Neither model is changed.
+    """
+    from ..inputs import batches, call
+    refs, qs = [], []
+    with torch.no_grad():
+        for batch in batches(data):
+            refs.append(_first(call(reference, batch)))
+            qs.append(_first(call(model, batch)))
+    agree = torch.cat([(r.argmax(-1) == q.argmax(-1)).reshape(-1) for r, q in zip(refs, qs)])
+    out = {"token_top1": float(agree.float().mean()), "kl_div": kl_divergence(refs, qs)}
+    if perplexity is not None:
+        out["perplexity"] = float(perplexity(model))
+        out["fp32_perplexity"] = float(perplexity(reference))
     return out

@@ -1,7 +1,8 @@
 """Quantization parameters (scale, zero point) from observed values, and PyTorch's fake-quantize ops.
 
 Observers: ``minmax`` (full range), ``percentile`` (clip outliers), ``mse`` (clip ratio that minimises the
-mean squared quantization error). Weights may be per-channel (axis 0); activations are per-tensor.
+mean squared quantization error). Weights may be per-channel (axis 0) or group-wise (one scale per ``group_size`` consecutive input values of each
+output row: :func:`groupwise_qparams`); activations are per-tensor.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class QParams:
     bits: int
     symmetric: bool
     axis: int | None = None
+    group_size: int | None = None  # group-wise: scale/zero_point are (out, in // group_size)
 
     @property
     def qmin(self) -> int:
@@ -37,6 +39,8 @@ class QParams:
 
     @property
     def granularity(self) -> str:
+        if self.group_size:
+            return "per_group"
         return "per_tensor" if self.axis is None else "per_channel"
 
 
@@ -56,6 +60,8 @@ def from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, a
 
 def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Quantize-dequantize with torch's fake-quantize ops (straight-through gradient inside the range)."""
+    if qp.group_size:
+        return fake_quant_groupwise(x, qp)
     if qp.axis is None:
         return torch.fake_quantize_per_tensor_affine(x, qp.scale.reshape(()), qp.zero_point.reshape(()),
                                                      qp.qmin, qp.qmax)
@@ -120,3 +126,55 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if float(noise) == 0.0:
         return float("inf")
     return float(10 * torch.log10(ref.pow(2).sum().clamp_min(1e-30) / noise))
+
+
+def check_group_size(in_features: int, group_size: int) -> None:
+    """``group_size`` must be a positive divisor of the input dimension."""
+    from ..errors import InputError
+    if not isinstance(group_size, int) or group_size < 1 or in_features % group_size:
+        raise InputError(f"group_size={group_size!r} does not divide the input dimension {in_features}; use a "
+                         f"divisor of it (32, 64 or 128 usually) or group_size=None for per-channel scales.")
+
+
+def _rows(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """A weight as (out, in): transposed for axis 1 (``Conv1D``), conv kernels flattened per output channel."""
+    return w.t() if axis == 1 else w.reshape(w.shape[0], -1)
+
+
+def groupwise_qparams(w: torch.Tensor, bits: int, group_size: int, *, symmetric: bool = False,
+                      axis: int = 0) -> QParams:
+    """Min/max scale and zero point of each group of ``group_size`` input values of each output channel.
+
+    ``w`` is (out, in) (``axis=0``; conv weights are flattened per output channel) or (in, out) (``axis=1``,
+    transformers' ``Conv1D``). ``scale`` and ``zero_point`` have shape (out, in // group_size); symmetric grids
+    have zero point 0.
+    """
+    w = _rows(w.detach().float(), axis)
+    check_group_size(w.shape[1], group_size)
+    g = w.reshape(w.shape[0], -1, group_size)
+    qp = from_range(g.amin(-1), g.amax(-1), bits, symmetric, 0)
+    qp.group_size, qp.axis = group_size, axis
+    return qp
+
+
+def _expand(qp: QParams, t: torch.Tensor) -> torch.Tensor:
+    return t.repeat_interleave(qp.group_size, dim=-1)
+
+
+def quantize_groupwise(w: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Integer codes (int32, in [qmin, qmax]) of a (out, in) weight under group-wise ``qp``."""
+    scale, zp = _expand(qp, qp.scale), _expand(qp, qp.zero_point)
+    return torch.clamp(torch.round(w.detach().float() / scale) + zp, qp.qmin, qp.qmax).to(torch.int32)
+
+
+def dequantize_groupwise(q: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Float weight of group-wise codes ``q``."""
+    return (q.float() - _expand(qp, qp.zero_point)) * _expand(qp, qp.scale)
+
+
+def fake_quant_groupwise(w: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Quantize-dequantize a weight group-wise in its own layout (straight-through gradient, like torch's ops)."""
+    axis = qp.axis or 0
+    deq = dequantize_groupwise(quantize_groupwise(_rows(w, axis), qp), qp)
+    deq = deq.t() if axis == 1 else deq.reshape(w.shape)
+    return w + (deq.to(w.dtype) - w).detach()

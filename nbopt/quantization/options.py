@@ -14,10 +14,12 @@ from ..inputs import check_finite_weights as _check_finite_weights
 from ..layers import weighted_layers
 from .backends import BUILDERS
 
-GRANULARITIES = ("per_channel", "per_tensor")
+GROUP_SIZES = (32, 64, 128)
+#: weight scales: per output channel, per tensor, or per group of 32/64/128 input values of each output channel
+GRANULARITIES = ("per_channel", "per_tensor", *(f"per_group{g}" for g in GROUP_SIZES))
 OBSERVERS = ("minmax", "percentile", "mse")
 MODES = ("simulate", "int8", "dynamic")
-LAYER_KINDS = "nn.Conv1d/Conv2d/Conv3d or nn.Linear"  # what simulate and sensitivity quantize (layers.WEIGHTED)
+LAYER_KINDS = "nn.Conv1d/Conv2d/Conv3d, nn.Linear or linear-like (transformers' Conv1D)"  # layers.weighted_layers
 BACKENDS = ("auto", *BUILDERS)  # the built-in real int8 backends (register_backend adds more)
 
 
@@ -80,9 +82,19 @@ class QuantOptions:
         """A copy with ``changes`` applied (checked like a new one)."""
         return replace(self, **changes)
 
+    @property
+    def group_size(self) -> int | None:
+        """Input values per weight scale for ``granularity="per_groupN"``, else None."""
+        return group_size_of(self.granularity)
+
     def bits_for(self, name: str) -> int:
         """Weight bits of layer ``name``: its ``layer_bits`` override, else ``weight_bits``."""
         return int(self.layer_bits.get(name, self.weight_bits)) if self.layer_bits else self.weight_bits
+
+
+def group_size_of(granularity: str) -> int | None:
+    """``"per_group128"`` -> 128; None for per-channel / per-tensor."""
+    return int(granularity[len("per_group"):]) if granularity.startswith("per_group") else None
 
 
 def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: str = "layer_bits") -> None:

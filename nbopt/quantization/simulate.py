@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layers import weighted_layers
+from ..layers import out_axis, weighted_layers
 from .calibration import run_batches
-from .observers import QParams, compute_qparams, fake_quant
+from .observers import QParams, compute_qparams, fake_quant, groupwise_qparams
 from .options import QuantOptions
 
 ACT_SAMPLES = 2 ** 16  # values kept per batch for percentile/MSE activation observers
@@ -59,22 +59,32 @@ def _act_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
 class WeightFakeQuant(nn.Module):
     """Parametrization: the weight seen by forward is re-quantized from the float weight (QAT, STE)."""
 
-    def __init__(self, bits: int, options: QuantOptions):
+    def __init__(self, bits: int, options: QuantOptions, channel_axis: int = 0):
         super().__init__()
-        self.bits, self.options = bits, options
+        self.bits, self.options, self.channel_axis = bits, options, channel_axis
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quant(w, weight_qparams(w, self.bits, self.options))
+        return fake_quant(w, weight_qparams(w, self.bits, self.options, self.channel_axis))
 
 
-def weight_qparams(w: torch.Tensor, bits: int, options: QuantOptions) -> QParams:
-    axis = 0 if options.granularity == "per_channel" else None
+def weight_qparams(w: torch.Tensor, bits: int, options: QuantOptions, channel_axis: int = 0) -> QParams:
+    """Weight scales of ``w``: one per output channel (``channel_axis``: 0, or 1 for a transposed linear such as
+    transformers' ``Conv1D``, see :func:`nbopt.layers.out_axis`), one per tensor, or one per group of input values
+    (``per_groupN``, min/max)."""
+    if options.group_size:
+        return groupwise_qparams(w, bits, options.group_size, symmetric=options.symmetric, axis=channel_axis)
+    axis = channel_axis if options.granularity == "per_channel" else None
     return compute_qparams(w, bits, symmetric=options.symmetric, axis=axis, observer=options.observer,
                            percentile=options.percentile)
 
 
+def layer_qparams(layer: nn.Module, bits: int, options: QuantOptions) -> QParams:
+    """:func:`weight_qparams` of ``layer``'s weight, per output channel of its layout."""
+    return weight_qparams(layer.weight, bits, options, out_axis(layer))
+
+
 def attach(model: nn.Module, options: QuantOptions, *, trainable: bool = False) -> dict[str, QParams | None]:
-    """Quantize every Conv/Linear weight of ``model`` (in place) and add input quantizers.
+    """Quantize every Conv/linear-like weight of ``model`` (in place) and add input quantizers.
 
     ``trainable=False`` bakes the rounded weights in; ``True`` adds a parametrization so training updates
     the float weights through straight-through gradients. Returns the weight qparams by layer name.
@@ -83,10 +93,10 @@ def attach(model: nn.Module, options: QuantOptions, *, trainable: bool = False) 
     for name, layer in weighted_layers(model).items():
         bits = options.bits_for(name)
         if trainable:
-            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(bits, options))
+            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(bits, options, out_axis(layer)))
             qparams[name] = None
         else:
-            qp = weight_qparams(layer.weight, bits, options)
+            qp = layer_qparams(layer, bits, options)
             with torch.no_grad():
                 layer.weight.copy_(fake_quant(layer.weight, qp))
             qparams[name] = qp
@@ -120,7 +130,7 @@ def bake(model: nn.Module) -> dict[str, QParams]:
         if parametrize.is_parametrized(layer, "weight"):
             fq = layer.parametrizations.weight[0]
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
-            qp = weight_qparams(layer.weight, fq.bits, fq.options)
+            qp = weight_qparams(layer.weight, fq.bits, fq.options, fq.channel_axis)
             with torch.no_grad():
                 layer.weight.copy_(fake_quant(layer.weight, qp))
             out[name] = qp
