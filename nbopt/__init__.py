@@ -8,6 +8,8 @@ Public API (imported lazily so ``import nbopt`` stays fast)::
     nbopt.Pruner / prune / finetune     pruning
     nbopt.fuse / export / compatibility / peak_memory / threads_sweep      deployment
     nbopt.optimize                      the whole pipeline, measured step by step
+    nbopt.distill                       knowledge distillation (teacher -> student) on a copy
+    nbopt.search / SearchPanel          accuracy-budgeted compression search (Optuna; local or dask)
 
 The layout of the package is described in ``docs/architecture.md``.
 
@@ -34,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "MissingDependencyError": ".errors",
     "PartialResultWarning": ".errors",
     "NoisyTimingWarning": ".errors",
+    "SkippedLayerWarning": ".errors",
     "cpu_info": ".cpu",
     "Timing": ".timing",
     "quantize": ".quantization",
@@ -57,6 +60,12 @@ _EXPORTS: dict[str, str] = {
     "prune": ".pruning",
     "PruneResult": ".pruning",
     "finetune": ".pruning",
+    "distill": ".distillation",
+    "DistillResult": ".distillation",
+    "search": ".autosearch",
+    "SearchResult": ".autosearch",
+    "SearchSpace": ".autosearch",
+    "SearchPanel": ".panels.search",
 }
 
 

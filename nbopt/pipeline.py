@@ -12,6 +12,7 @@ from torch import nn
 
 from .deployment.export import ExportResult, check_format, export
 from .deployment.fuse import fuse
+from .distillation import RECOVERY_METHODS as RECOVER
 from .deployment.runtime import RuntimeModule
 from .errors import NboptError, UnsupportedModelError
 from .inputs import batch_inputs, batches, call, check_device, check_module, tensors_in
@@ -134,6 +135,8 @@ class _Run:
                             names=("original", "step"), warmup=3, repeat=self.repeat)
         fid = fidelity(self.reference, outputs_on(measured, self.calib, self.limit))
         agree, diff = fid.get("top1_agreement", math.nan), fid["max_abs_diff"]
+        if fid.get("note"):  # e.g. outputs fidelity had to skip (empty detections)
+            note = f"{note}; {fid['note']}" if note else str(fid["note"])
         orig, t, r = pair.baseline, pair.other, pair.speedup
         self.rows.append({"step": step, "status": status, "params": state.params, "macs": state.macs,
                           "file_bytes": state.file_bytes, "latency_ms": t.median_ms,
@@ -152,6 +155,7 @@ class _Run:
 
 def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
              steps: Iterable[str] = STEPS, prune_amount: float = 0.5, finetune: Callable[[nn.Module], Any] | None = None,
+             recover: str | None = None, recover_data: Any = None, recover_epochs: int = 2,
              quant_backend: str = "onnxruntime", format: str = "onnx", path: Any = None, repeat: int = 20,
              fidelity_batches: int = 4, progress: bool = True) -> OptimizeResult:
     """Run the deployment pipeline on a copy of ``model``; every step is measured against the original.
@@ -159,6 +163,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
     ``calib``: calibration batches (quantization, and the fidelity columns). ``evaluate(model) -> accuracy``
     adds an accuracy column. ``prune_amount``: fraction of channels removed (structured, ``nbopt.Pruner``);
     ``finetune(model)`` trains the pruned model (in place or returning it) before quantization.
+    ``recover="finetune"|"distill"`` does that with nbopt: ``finetune`` (cross-entropy) or ``distill`` from the
+    original model, ``recover_epochs`` over ``recover_data`` (labelled ``(x, y)`` batches).
     ``quant_backend``: nbopt.quantize int8 backend ("onnxruntime", "pt2e" or "auto"). ``format``: export
     target. Each row times the step's model interleaved with the original, ``repeat`` calls each in blocks of
     3: ``speedup`` is exactly that row's ``original_latency_ms / latency_ms``, with the quartiles of the
@@ -175,6 +181,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
     if "quantize" in names and quant_backend == "onnxruntime" and fmt != "onnx" and "export" in names:
         raise NboptError(f"an onnxruntime int8 model exports only to ONNX; use format='onnx' or "
                          f"quant_backend='pt2e' for format={fmt!r}.")
+    finetune = _recovery(recover, recover_data, recover_epochs, model, finetune, progress)
     original = working_copy(model).eval()
     run = _Run(original, example_inputs, calib, evaluate, repeat, fidelity_batches)
     state = _State(working_copy(model).eval())
@@ -222,7 +229,7 @@ def _prune(run: _Run, state: _State, result: OptimizeResult, *, prune_amount: fl
     if finetune is not None:
         tuned = finetune(state.model)
         state.model = (tuned if isinstance(tuned, nn.Module) else state.model).eval()
-        note += ", fine-tuned"
+        note += f", {getattr(finetune, 'label', 'fine-tuned')}"
     state.params, state.macs = count(state.model, run.inputs)
     state.file_bytes = disk_bytes(state.model)
     run.row("prune", state, state.model, note)
@@ -239,7 +246,7 @@ def _export(run: _Run, state: _State, result: OptimizeResult, *, fmt: str, path:
     ex = export(state.model, run.inputs, fmt, path, latency=False)
     result.export = ex
     state.file_bytes = ex.file_bytes
-    result.model = RuntimeModule(ex.path, fmt, run.inputs)
+    result.model = RuntimeModule.from_export(ex, run.inputs)  # returns what the model returned (dict, ModelOutput)
     run.row("export", state, result.model, f"{ex.path.name} in {ex.runtime}; {sum(ex.operators.values())} "
                                            f"operators; max |diff| vs the step before {ex.max_abs_diff:.1e}")
 
@@ -249,6 +256,29 @@ def _verify(run: _Run, state: _State, result: OptimizeResult, **_: Any) -> None:
     where = f"{result.export.runtime}" if result.export else "eager PyTorch (no export step)"
     run.row("verify", state, final, f"final model in {where} vs the original eager fp32 model; "
                                     "accuracy on the evaluate() data")
+
+
+def _recovery(recover: str | None, data: Any, epochs: int, teacher: nn.Module, finetune: Any,
+              progress: bool) -> Any:
+    """optimize's ``recover=``: a ``finetune(model)`` callable running nbopt.finetune or nbopt.distill."""
+    if recover is None:
+        return finetune
+    if recover not in RECOVER:
+        raise NboptError(f"recover must be one of {RECOVER} (or None), got {recover!r}")
+    if finetune is not None:
+        raise NboptError("give either finetune= (your own training function) or recover=, not both")
+    if data is None:
+        raise NboptError(f"recover={recover!r} needs recover_data= (labelled (x, y) batches, e.g. "
+                         "demo.train_loader())")
+
+    def run(pruned: nn.Module) -> nn.Module:
+        from .distillation import recover as recover_fn
+
+        return recover_fn(pruned, teacher, recover, data, epochs=epochs, progress=progress)
+
+    run.label = f"recovered by {'distillation from the original' if recover == 'distill' else 'fine-tuning'} " \
+                f"({epochs} epochs)"
+    return run
 
 
 _STEP_FUNCS = {"profile": _profile, "fuse": _fuse, "prune": _prune, "quantize": _quantize, "export": _export,

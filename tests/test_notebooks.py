@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = ["01_profiling", "02_quantization", "03_pruning", "04_deployment"]
+EXPECTED = ["01_profiling", "02_quantization", "03_pruning", "04_deployment", "05_llm", "06_search"]
 CELL_TIMEOUT_S = 600
 
 
@@ -84,7 +84,7 @@ def test_notebook_runs_in_fresh_kernel(path, venv_kernel):
         for out in cell.get("outputs", []):
             assert out.output_type != "error", out
     # notebooks assert their own key numbers in cells; here: at least one widget view was produced
-    if path.stem in ("01_profiling", "02_quantization", "03_pruning"):
+    if path.stem in ("01_profiling", "02_quantization", "03_pruning", "06_search"):
         views = [o for c in nb.cells for o in c.get("outputs", [])
                  if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
         assert views, f"{path.name} displayed no panel"

@@ -8,6 +8,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
+from ..distillation import RECOVERY_METHODS, recover
 from ..errors import describe_exception
 from ..pruning import prune
 from ..pruning.pruner import SCOPES
@@ -49,6 +50,11 @@ class PruneMagics(Magics):
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> score (e.g. accuracy), shown before and after")
     @argument("--no-latency", action="store_true", help="skip measuring latency")
+    @argument("--recover", choices=RECOVERY_METHODS, default=None,
+              help="recover accuracy after pruning: fine-tune, or distill from the unpruned model (needs --data)")
+    @argument("--epochs", type=int, default=2, metavar="N", help="recovery epochs (default 2)")
+    @argument("--data", default=None, metavar="EXPR",
+              help="labelled training batches (x, y) for --recover, e.g. `demo.train_loader()`")
     @argument("-o", "--output", default=None, metavar="NAME", help="store the PruneResult in variable NAME")
     @line_magic
     def prune(self, line: str = "") -> None:
@@ -63,6 +69,7 @@ class PruneMagics(Magics):
             %prune model --amount 0.5 --inputs x
             %prune model --amount 0.3 --structured --inputs "torch.randn(1, 1, 8, 8)" -o small
             %prune model --threshold 0.01 --scope layer --inputs x --exclude fc --eval nbopt.demo.evaluate
+            %prune model --amount 0.7 --structured --inputs x --recover distill --epochs 3 --data "demo.train_loader()"
         """
         opts = parse(self.prune, line)
         if opts.amount is None and opts.threshold is None:
@@ -72,12 +79,23 @@ class PruneMagics(Magics):
         model = evaluate(self.shell, _expr(opts.model), "model")
         inputs = evaluate(self.shell, _expr(opts.inputs), "inputs")
         eval_fn = evaluate(self.shell, _expr(opts.eval_fn), "--eval function") if opts.eval_fn else None
+        if opts.recover and not opts.data:
+            raise UsageError(f"--recover {opts.recover} needs --data EXPR (labelled (x, y) training batches, "
+                             "e.g. --data \"demo.train_loader()\")")
+        if opts.epochs < 1:
+            raise UsageError(f"--epochs must be a positive number of epochs, got {opts.epochs}")
+        data = evaluate(self.shell, _expr(opts.data), "--data") if opts.recover else None
         if eval_fn is not None and not callable(eval_fn):
             raise UsageError(f"--eval {opts.eval_fn} is not callable; pass a function FN(model) -> score")
         with usage_errors():
             result = prune(model, inputs, amount=opts.amount, threshold=opts.threshold, scope=opts.scope,
                            structured=opts.structured, layers=_names(opts.layers), exclude=_names(opts.exclude),
                            criterion=opts.criterion, latency=not opts.no_latency, progress=True)
+            if opts.recover:
+                result.model = recover(result.model, model, opts.recover, data, epochs=opts.epochs)
+                result.notes.append(f"recovered by {opts.recover} ({opts.epochs} epochs); the latency rows were "
+                                    "measured before recovery (it changes weights, not shapes)")
+                result.setting["recover"] = {"method": opts.recover, "epochs": opts.epochs}
         if eval_fn is not None:
             result.summary.loc["eval"] = self._scores(eval_fn, model, result.model)
         display(result.report)

@@ -14,6 +14,7 @@ import ipywidgets as widgets
 import pandas as pd
 from torch import nn
 
+from ..distillation import RECOVERY_METHODS
 from ..errors import InputTypeError, NboptError
 from ..inputs import check_module
 from ..display.figures import plot_accuracy_history
@@ -36,6 +37,7 @@ class PruningPanel(Panel):
     >>> panel.set(amount=0.5)       # what moving the slider does (renders once)
     >>> panel.report, panel.totals, panel.accuracy
     >>> pruned = panel.export()     # also clicking "Export"; the model is in panel.result
+    >>> panel.recover()             # "Recover": distill (or fine-tune) it on train_data=, into panel.result
 
     ``measure_latency``: ``"button"`` (default) times the pruned model when "Measure" is clicked,
     ``True`` after every change (small models), ``False`` never. ``debounce``: seconds of quiet after
@@ -45,7 +47,7 @@ class PruningPanel(Panel):
     def __init__(self, model: nn.Module, inputs: Any, evaluate: Callable[[nn.Module], float] | None = None, *,
                  amount: float = 0.0, structured: bool = False, scope: str = "global", max_amount: float = 0.95,
                  step: float = 0.05, measure_latency: bool | str = "button", debounce: float = DEFAULT_DEBOUNCE_S,
-                 **pruner_options: Any) -> None:
+                 train_data: Any = None, recover_epochs: int = 2, **pruner_options: Any) -> None:
         from ..pruning import Pruner
 
         check_module(model)
@@ -57,6 +59,8 @@ class PruningPanel(Panel):
         if not (isinstance(max_amount, (int, float)) and 0 < max_amount < 1):
             raise NboptError(f"max_amount must be a fraction in (0, 1), got {max_amount!r}")
         self.model, self.inputs, self.evaluate = model, inputs, evaluate
+        self.train_data, self.recover_epochs = train_data, recover_epochs
+        self.recovered_accuracy: float | None = None
         self.measure_latency = measure_latency
         pruner_options.setdefault("progress", False)
         self.pruner = Pruner(model, inputs, **pruner_options)
@@ -96,6 +100,11 @@ class PruningPanel(Panel):
         self.measure_button = widgets.Button(description="Measure latency", icon="clock-o",
                                              disabled=measure_latency is False)
         self.export_button = widgets.Button(description="Export", button_style="success", icon="download")
+        self.recover_method = widgets.Dropdown(options=list(RECOVERY_METHODS), value="distill", description="recover",
+                                               style=style, layout=widgets.Layout(width="200px"),
+                                               disabled=train_data is None)
+        self.recover_button = widgets.Button(description="Recover", icon="medkit", disabled=train_data is None,
+                                             tooltip="train the pruned model (needs train_data=)")
         self.totals_html = widgets.HTML().add_class("nbopt-totals")
         self.accuracy_html = widgets.HTML().add_class("nbopt-accuracy")
         self.measured_html = widgets.HTML().add_class("nbopt-measured")
@@ -111,13 +120,15 @@ class PruningPanel(Panel):
         self.on_click(self.override_clear, self.clear_overrides)
         self.on_click(self.measure_button, self.measure)
         self.on_click(self.export_button, self.export)
+        self.on_click(self.recover_button, self.recover)
 
         overrides_box = widgets.VBox([widgets.HBox([self.override_layer, self.override_amount]),
                                       widgets.HBox([self.override_set, self.override_clear, self.overrides_label])])
         accordion = widgets.Accordion(children=[overrides_box])
         accordion.set_title(0, "Per-layer overrides")
         left = widgets.VBox([self.by, self.amount, self.threshold, self.structured, self.scope, accordion,
-                             widgets.HBox([self.measure_button, self.export_button]), self.status])
+                             widgets.HBox([self.measure_button, self.export_button]),
+                             widgets.HBox([self.recover_method, self.recover_button]), self.status])
         right = widgets.VBox([self.accuracy_html, self.totals_html, self.measured_html, self.plot])
         self.widget = widgets.VBox([widgets.HBox([left, right]), self.table]).add_class("nbopt-pruning-panel")
         self._on_structured()
@@ -253,11 +264,14 @@ class PruningPanel(Panel):
         from ..pruning.result import summarize
 
         pruned = self.pruner.export()
-        self.measured = summarize(self.model, pruned, self.inputs, self.report, latency=True)
+        self.measured = summarize(self.model, pruned, self.inputs, self.report,
+                                  latency=self.measure_latency is not False)
         m = self.measured
-        lat = m.loc["latency_ms"]
+        lat = m.loc["latency_ms"] if "latency_ms" in m.index else None  # measure_latency=False: sizes only
+        timed = (f"latency <b>{lat['before']:.3f} → {lat['after']:.3f} ms</b> ({lat['ratio']:.2f}x), "
+                 if lat is not None else "")
         self.measured_html.value = (
-            f"measured: latency <b>{lat['before']:.3f} → {lat['after']:.3f} ms</b> ({lat['ratio']:.2f}x), "
+            f"measured: {timed}"
             f"dense size {readable_bytes(m.loc['size_bytes', 'before'])} → "
             f"{readable_bytes(m.loc['size_bytes', 'after'])}"
             + ("" if self.structured.value else " <i>(unstructured zeros keep dense size and speed)</i>"))
@@ -270,6 +284,26 @@ class PruningPanel(Panel):
         n = sum(p.numel() for p in self.result.parameters())
         self.status.value = (f"<span class='nbopt-exported'>Exported: {type(self.result).__name__} with "
                              f"{readable(n)} params → <code>panel.result</code></span>")
+        return self.result
+
+    def recover(self) -> nn.Module:
+        """Export the current setting and recover its accuracy (fine-tune, or distill from the unpruned model)
+        on ``train_data``; the recovered model becomes ``panel.result``."""
+        from ..distillation import recover
+
+        if self.train_data is None:
+            raise NboptError("Recover needs labelled training batches: PruningPanel(..., train_data=demo.train_loader())")
+        self.flush()
+        method = self.recover_method.value
+        self.result = recover(self.pruner.export(), self.model, method, self.train_data, epochs=self.recover_epochs,
+                              progress=False)
+        acc = ""
+        if self.evaluate is not None:
+            self.recovered_accuracy = float(self.evaluate(self.result))
+            acc = (f": accuracy {100 * self.accuracy:.2f}% → <b>{100 * self.recovered_accuracy:.2f}%</b>"
+                   if self.accuracy is not None else f": accuracy {100 * self.recovered_accuracy:.2f}%")
+        self.status.value = (f"<span class='nbopt-recovered'>Recovered by {method} ({self.recover_epochs} epochs)"
+                             f"{acc} → <code>panel.result</code></span>")
         return self.result
 
     def __repr__(self) -> str:
