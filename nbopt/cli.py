@@ -54,7 +54,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = load_model(args.model).eval()
     x = torch.randn(parse_shape(args.input))
     prof = profile(model, x, latency=not args.no_latency, engine=args.engine)
-    print(tables.profile_text(prof, top=args.top, by=args.by, depth=args.depth))
+    print(tables.profile_text(prof, top=args.top, by=args.by, depth=args.depth, max_rows=None))
     return 0
 
 

@@ -77,6 +77,20 @@ def test_requirements_use_cpu_only_torch_pinned_like_constraints():
         assert Requirement(dep).name.lower() in by_name, f"binder/requirements.txt lacks {dep}"
 
 
+def test_every_requirement_is_pinned_and_agrees_with_constraints():
+    """A Binder build next year gets the stack the suite ran: every line is ``==``, and the packages
+    constraints.txt pins (torch, executorch, transformers, optuna, dask, ...) have the same version."""
+    _, reqs = _requirements()
+    unpinned = [str(r) for r in reqs if len(r.specifier) != 1 or next(iter(r.specifier)).operator != "=="]
+    assert not unpinned, f"binder/requirements.txt leaves these unpinned: {unpinned}"
+    pins = _constraints()
+    by_name = {r.name.lower(): next(iter(r.specifier)).version for r in reqs}
+    differ = {n: (by_name[n], v) for n, v in pins.items() if n in by_name and by_name[n] != v}
+    assert not differ, f"binder pins differ from constraints.txt (binder, constraints): {differ}"
+    for name in ("torchao", "onnxruntime", "executorch"):
+        assert name in by_name, f"{name} missing from binder/requirements.txt"
+
+
 def test_requirements_resolve_against_constraints_without_changes(tmp_path):
     """A dry run in this venv: every requirement is satisfiable and nothing (torch least of all) changes."""
     reqs = tmp_path / "requirements.txt"

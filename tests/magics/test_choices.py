@@ -21,8 +21,8 @@ from nbopt.quantization.options import BACKENDS, GRANULARITIES, MODES, OBSERVERS
 def test_help_lists_the_core_choices(ip, kind, name, choices):
     find = ip.find_line_magic if kind == "line" else ip.find_cell_magic
     doc = find(name).__doc__
-    for tup in choices:
-        assert "{" + ",".join(tup) + "}" in doc
+    for tup in choices:  # argparse's {a,b} or the readable "one of a, b" (with a METAVAR)
+        assert "{" + ",".join(tup) + "}" in doc or "one of " + ", ".join(tup) in " ".join(doc.split())
 
 
 def test_per_tensor_is_granularity_per_tensor():

@@ -56,3 +56,61 @@ def test_failed_cell_leaves_model_clean(ip, untouched):
     snap = untouched(ip.user_ns["model"])
     run(ip, "%%profile_flops\nmodel(x)\nraise ValueError('late')")
     snap.assert_unchanged()
+
+
+def body_rows(html: str) -> int:
+    return html.split("<tbody>", 1)[1].count("<tr")
+
+
+@pytest.fixture()
+def shown(monkeypatch):
+    """The HTML the magic displays, in order."""
+    import nbopt.magics.profile as magic
+
+    out: list[str] = []
+    monkeypatch.setattr(magic, "display", lambda obj: out.append(getattr(obj, "data", str(obj))))
+    return out
+
+
+def test_default_shows_the_15_layers_with_most_macs_and_top_all_shows_every_row(ip, shown):
+    """A model with 20 linear layers: 15 rows by default, largest MACs first, and a line saying so;
+    ``--top all`` shows every row."""
+    import torch
+    from torch import nn
+
+    ip.user_ns["deep"] = nn.Sequential(*[nn.Linear(4 + i, 5 + i) for i in range(20)])
+    ip.user_ns["xin"] = torch.randn(1, 4)
+    ip.run_cell("%profile_flops deep xin --no-latency")
+    html = shown[-1]
+    assert body_rows(html) == 15 and "the 15 rows with the most MACs of 20 are shown" in html
+    assert "<th>19</th>" in html and "<th>4</th>" not in html  # layer 19 (24x23 MACs) shown, layer 4 not
+    ip.run_cell("%profile_flops deep xin --no-latency --top all")
+    assert body_rows(shown[-1]) == 20 and "most MACs" not in shown[-1]
+
+
+def test_large_tensor_value_is_not_echoed_unless_asked(ip, shown):
+    import torch
+    from torch import nn
+
+    ip.user_ns["wide"] = nn.Linear(4, 1000)
+    ip.user_ns["xin"] = torch.randn(1, 4)
+    value, err = run(ip, "%%profile_flops --no-latency\nwide(xin)")
+    assert err is None and value is None and "a tensor of shape (1, 1000)" in shown[-1]
+    value, err = run(ip, "%%profile_flops --no-latency --show-value\nwide(xin)")
+    assert err is None and tuple(value.shape) == (1, 1000)
+    value, err = run(ip, "%%profile_flops --no-latency\nwide(xin).sum()")
+    assert err is None and value.numel() == 1  # small values are returned as a cell's value
+
+
+@pytest.mark.parametrize("line, message", [("--top 0", "--top needs a positive number"),
+                                           ("--top many", "a number of layers or 'all'"),
+                                           ("--depth -1", "--depth needs 0 or more")])
+def test_bad_top_and_depth_name_the_flag(ip, line, message):
+    _, err = run(ip, f"%%profile_flops --no-latency {line}\nmodel(x)")
+    assert err is not None and message in str(err)
+
+
+def test_no_latency_by_type_has_no_latency_column(ip, shown):
+    ip.run_cell("%profile_flops model x --no-latency --by type")
+    html = shown[-1]
+    assert "latency_ms" not in html and "0.000" not in html
