@@ -267,7 +267,7 @@ class _Loop:
         from tqdm.auto import tqdm
 
         self.student.train()
-        with tqdm(total=epochs, desc="distill", disable=not progress) as outer:
+        with tqdm(total=epochs, desc="distill", disable=not progress, leave=False) as outer:
             for epoch in range(epochs):
                 sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0, "feature_loss": 0.0}
                 n = 0

@@ -188,7 +188,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
     result = OptimizeResult(pd.DataFrame())
     from tqdm.auto import tqdm
 
-    for step in tqdm(names, desc="optimize", disable=not progress):
+    for step in tqdm(names, desc="optimize", disable=not progress, leave=False):
         try:
             _STEP_FUNCS[step](run, state, result, prune_amount=prune_amount, finetune=finetune,
                               backend=quant_backend, fmt=fmt, path=path, progress=progress)

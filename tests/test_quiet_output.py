@@ -30,3 +30,51 @@ def test_the_filter_drops_only_the_library_records(caplog):
     with caplog.at_level(logging.WARNING), quiet_root_logging("no/such/package"):
         logging.getLogger().warning("the user's own warning")
     assert "the user's own warning" in caplog.text
+
+
+def test_progress_bars_inside_calls_close_cleanly():
+    """Every tqdm bar a capability opens is ``leave=False``: a saved notebook shows the result, not finished
+    bars (the demo train scripts, run from a terminal, keep theirs)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "nbopt"
+    left = []
+    for path in root.rglob("*.py"):
+        if path.name == "train.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "tqdm":
+                leave = [k for k in node.keywords if k.arg == "leave"]
+                if not leave or not (isinstance(leave[0].value, ast.Constant) and leave[0].value.value is False):
+                    left.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not left, f"tqdm bars left behind in saved outputs: {left}"
+
+
+def test_profile_plot_is_drawn_once():
+    """``prof.plot()`` returns a figure pyplot does not manage: the inline backend does not draw it a second
+    time at the end of the cell, and it still renders (and saves) as the cell's value."""
+    import io
+
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    import nbopt
+    from nbopt import demo
+
+    before = set(plt.get_fignums())
+    fig = nbopt.profile(demo.load_model(), torch.randn(1, 1, 8, 8), latency=False).plot(k=3)
+    assert set(plt.get_fignums()) == before
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.tell() > 1000 and len(fig.axes[0].patches) == 3
+
+
+def test_simulated_note_names_bit_widths_as_text_not_a_list():
+    import nbopt
+    from nbopt import demo
+
+    r = nbopt.quantize(demo.load_model(), [torch.randn(2, 1, 8, 8)], weight_bits=4, act_bits=None,
+                       layer_bits={"fc": 8}, progress=False, repeat=2)
+    note = next(n for n in r.notes if "bit weights would need" in n)
+    assert "a runtime with 4/8-bit weights would need" in note and "[" not in note

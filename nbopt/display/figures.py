@@ -22,8 +22,16 @@ def _figure(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
     return ax.figure, ax
 
 
+def detached(fig: Any) -> Any:
+    """``fig``, no longer managed by pyplot: a notebook shows it once, as the cell's value (an open pyplot figure
+    is also drawn by the inline backend at the end of the cell: twice)."""
+    pyplot().close(fig)
+    return fig
+
+
 def plot_profile(profile: Any, k: int = 10) -> Any:
-    """Top layers by MACs beside top layers by latency: where FLOPs and time disagree."""
+    """Top layers by MACs beside top layers by latency: where FLOPs and time disagree (a :func:`detached`
+    figure: display it, or make it the cell's last expression)."""
     plt = pyplot()
     layers = profile.layers
     has_latency = profile.latency_ms is not None and layers["self_latency_ms"].notna().any()
@@ -47,7 +55,7 @@ def plot_profile(profile: Any, k: int = 10) -> Any:
                               ("\nranking unreliable: see Profile.ranking_note()" if unreliable else ""),
                               **({"color": "tab:red"} if unreliable else {}))
     fig.tight_layout()
-    return fig
+    return detached(fig)
 
 
 def plot_threads(df: pd.DataFrame, ax: Any = None) -> Any:

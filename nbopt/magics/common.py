@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import re
+from typing import Any, Iterator, Mapping
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import parse_argstring
@@ -33,13 +34,30 @@ def evaluate(shell: Any, expr: str, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
+def usage_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Show nbopt's deliberate errors (:class:`~nbopt.errors.NboptError`: bad input, a missing extra) as one
-    UsageError line; any other exception is a bug and keeps its traceback."""
+    UsageError line; any other exception is a bug and keeps its traceback. ``flags`` maps the core's argument
+    names to the magic's flags, so the message says ``--act-bits none``, not ``act_bits=None``."""
     try:
         yield
     except NboptError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(as_flags(str(exc), flags or {})) from None
+
+
+_ARG = re.compile(r"\b([a-z_]+)=(None|True|False|'[^']*'|\"[^\"]*\"|\.\.\.|[^\s,;)]+)")
+
+
+def as_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``act_bits=None`` -> ``--act-bits none``, ``mode='int8'`` -> ``--mode int8`` for the names in ``flags``."""
+    def one(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in flags:
+            return m.group(0)
+        value = value.strip("'\"")
+        if value in ("True", "False"):  # a switch: the flag itself, or its absence
+            return flags[name] if value == "True" else f"without {flags[name]}"
+        return f"{flags[name]} {'none' if value == 'None' else value}"
+    return _ARG.sub(one, message)
 
 
 def store(shell: Any, name: str | None, value: Any) -> None:

@@ -23,7 +23,8 @@ class ExportMagics(Magics):
     """Export a model and check it in the target runtime."""
 
     @magic_arguments()
-    @argument("-f", "--format", default="onnx", choices=FORMATS, help="target format (default onnx)")
+    @argument("-f", "--format", default="onnx", choices=FORMATS, metavar="FMT",
+              help=f"one of {', '.join(FORMATS)}: the target format (default onnx)")
     @argument("-p", "--path", default=None, help="output file or folder (default: a new temp folder)")
     @argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     @argument("--no-check", action="store_true", help="skip the runtime check and timing")

@@ -39,19 +39,21 @@ class PruneMagics(Magics):
               help="remove weights with magnitude below T (instead of --amount)")
     @argument("--structured", action="store_true",
               help="remove whole output channels and everything that depends on them (a smaller, faster model)")
-    @argument("--scope", choices=SCOPES, default="global",
-              help="rank weights across all layers (global, default) or within each layer")
+    @argument("--scope", choices=SCOPES, default="global", metavar="S",
+              help=f"one of {', '.join(SCOPES)}: rank weights across all layers (global, default) or within each "
+                   "layer")
     @argument("--inputs", default=None, metavar="EXPR", required=True,
               help="example inputs expression, e.g. `torch.randn(1, 3, 224, 224)` (required)")
     @argument("--exclude", default=None, metavar="NAMES", help="comma-separated layer names to leave alone")
     @argument("--layers", default=None, metavar="NAMES", help="comma-separated layer names to prune (default: all)")
-    @argument("--criterion", choices=CRITERIA, default="l1",
-              help="structured channel importance: L1 or L2 norm, or BatchNorm scale")
+    @argument("--criterion", choices=CRITERIA, default="l1", metavar="C",
+              help=f"one of {', '.join(CRITERIA)}: structured channel importance (L1 or L2 norm, or BatchNorm "
+                   "scale)")
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> score (e.g. accuracy), shown before and after")
     @argument("--no-latency", action="store_true", help="skip measuring latency")
-    @argument("--recover", choices=RECOVERY_METHODS, default=None,
-              help="recover accuracy after pruning: fine-tune, or distill from the unpruned model (needs --data)")
+    @argument("--recover", choices=RECOVERY_METHODS, default=None, metavar="HOW",
+              help=f"one of {', '.join(RECOVERY_METHODS)}: recover accuracy after pruning: fine-tune, or distill from the unpruned model (needs --data)")
     @argument("--epochs", type=int, default=2, metavar="N", help="recovery epochs (default 2)")
     @argument("--data", default=None, metavar="EXPR",
               help="labelled training batches (x, y) for --recover, e.g. `demo.train_loader()`")
@@ -87,7 +89,9 @@ class PruneMagics(Magics):
         data = evaluate(self.shell, _expr(opts.data), "--data") if opts.recover else None
         if eval_fn is not None and not callable(eval_fn):
             raise UsageError(f"--eval {opts.eval_fn} is not callable; pass a function FN(model) -> score")
-        with usage_errors():
+        flags = {"amount": "--amount", "threshold": "--threshold", "scope": "--scope", "structured": "--structured",
+                 "layers": "--layers", "exclude": "--exclude", "criterion": "--criterion", "epochs": "--epochs"}
+        with usage_errors(flags):
             result = prune(model, inputs, amount=opts.amount, threshold=opts.threshold, scope=opts.scope,
                            structured=opts.structured, layers=_names(opts.layers), exclude=_names(opts.exclude),
                            criterion=opts.criterion, latency=not opts.no_latency, progress=True)

@@ -46,18 +46,22 @@ class QuantizeMagics(Magics):
     @argument("--bits", type=int, default=8, metavar="B", help="weight bits, 2-16 (default 8; int8 modes need 8)")
     @argument("--act-bits", type=_bits, default=8, metavar="B",
               help="activation bits, 2-16, or 'none' to keep activations in float (default 8)")
-    @argument("--granularity", choices=GRANULARITIES, default="per_channel",
-              help="weight scales per output channel (default) or one per tensor")
+    @argument("--granularity", choices=GRANULARITIES, default="per_channel", metavar="G",
+              help=f"one of {', '.join(GRANULARITIES)}: weight scales per output channel (default), one per "
+                   "tensor, or per group of input channels")
     @argument("--per-tensor", dest="granularity", action="store_const", const="per_tensor",
               help="one weight scale per tensor (the same as --granularity per_tensor)")
     @argument("--asymmetric", action="store_true", help="asymmetric weight quantization (zero point != 0)")
-    @argument("--observer", choices=OBSERVERS, default="minmax",
-              help="how ranges are chosen: full min/max, percentile clipping, or MSE-optimal clipping")
-    @argument("--mode", choices=MODES, default="simulate",
-              help="simulate: fake quantization at any width (accuracy study, NOT faster); int8: real int8 "
+    @argument("--observer", choices=OBSERVERS, default="minmax", metavar="OBS",
+              help=f"one of {', '.join(OBSERVERS)}: how ranges are chosen (full min/max, percentile clipping, or "
+                   "MSE-optimal clipping)")
+    @argument("--mode", choices=MODES, default="simulate", metavar="MODE",
+              help=f"one of {', '.join(MODES)}. "
+                   "simulate: fake quantization at any width (accuracy study, NOT faster); int8: real int8 "
                    "kernels (faster, needs --calib); dynamic: int8 weights, activations quantized at run time")
-    @argument("--backend", choices=BACKENDS, default="auto",
-              help="int8 backend; auto measures both on your input and keeps the faster")
+    @argument("--backend", choices=BACKENDS, default="auto", metavar="B",
+              help=f"one of {', '.join(BACKENDS)}: the int8 backend; auto measures both on your input and keeps "
+                   "the faster")
     @argument("--eval", dest="eval_fn", default=None, metavar="FN",
               help="function FN(model) -> accuracy, measured before and after")
     @argument("--sensitivity", default=None, metavar="BITS",
@@ -85,6 +89,9 @@ class QuantizeMagics(Magics):
         layers it finished, marked partial.
         """
         opts = parse(self.quantize, line)
+        flags = {"calib": "--calib", "weight_bits": "--bits", "bits": "--sensitivity", "act_bits": "--act-bits",
+                 "granularity": "--granularity", "observer": "--observer", "mode": "--mode", "backend": "--backend",
+                 "evaluate": "--eval"}
         model = evaluate(self.shell, opts.model, "model")
         calib = evaluate(self.shell, opts.calib, "--calib data") if opts.calib else None
         eval_fn = evaluate(self.shell, opts.eval_fn, "--eval function") if opts.eval_fn else None
@@ -92,13 +99,13 @@ class QuantizeMagics(Magics):
             raise UsageError(f"--eval {opts.eval_fn} is not callable; pass a function FN(model) -> accuracy")
         if opts.sensitivity:
             bits = _bit_list(opts.sensitivity)
-            with usage_errors():
+            with usage_errors(flags):
                 df = sensitivity(model, calib, evaluate=eval_fn, bits=bits, observer=opts.observer,
                                  granularity=opts.granularity, symmetric=not opts.asymmetric)
             _show_sensitivity(df)
             store(self.shell, opts.output, df)
             return
-        with usage_errors():
+        with usage_errors(flags):
             result = quantize(model, calib, weight_bits=opts.bits, act_bits=opts.act_bits,
                               granularity=opts.granularity, symmetric=not opts.asymmetric, observer=opts.observer, mode=opts.mode,
                               backend=opts.backend, evaluate=eval_fn, progress=True)

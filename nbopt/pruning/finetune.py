@@ -93,7 +93,7 @@ def _train(tuned: nn.Module, data: Any, loss_fn: Callable, opt: torch.optim.Opti
     """The training loop; ``info`` counts finished steps and epochs, ``buffers[1]`` keeps the last step's buffers."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=epochs, desc="fine-tune", disable=not progress) as outer:
+    with tqdm(total=epochs, desc="fine-tune", disable=not progress, leave=False) as outer:
         for epoch in range(epochs):
             with tqdm(data, desc=f"epoch {epoch + 1}", leave=False, disable=not progress) as inner:
                 for batch in inner:

@@ -140,7 +140,7 @@ def build_masks(layers: dict[str, nn.Module], progress: bool = False) -> dict[st
     items = sorted(layers.items(), key=lambda kv: -kv[1].weight.numel())  # largest first: balanced workers
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         done = {mask.name: mask for mask in tqdm(pool.map(one, items), total=len(items),
-                                                 desc="sort weight magnitudes", disable=not progress)}
+                                                 desc="sort weight magnitudes", disable=not progress, leave=False)}
     return {name: done[name] for name in layers}
 
 

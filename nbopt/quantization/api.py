@@ -159,7 +159,8 @@ def _simulated_note(speedup: str, bits: dict[str, int]) -> str:
     """The caveat every simulated result carries: float compute, so only ``deployable`` is smaller."""
     return (f"Simulated quantization: float32 compute on rounded values. It predicts accuracy but is not faster "
             f"(measured {speedup}) nor smaller in memory; 'deployable' is the size a runtime with "
-            f"{sorted(set(bits.values()))}-bit weights would need. Use mode='int8' for a real, faster model.")
+            f"{'/'.join(str(b) for b in sorted(set(bits.values())))}-bit weights would need. Use mode='int8' for a "
+            "real, faster model.")
 
 
 def _simulate(job: _Job) -> QuantResult:

@@ -113,7 +113,7 @@ def gptq_codes(model: nn.Module, layers: dict[str, nn.Module], calib: Any, *, bi
     """GPTQ codes of every layer in ``layers`` (Hessians from ``model``'s float forward on ``calib``)."""
     hs = collect_hessians(model, layers, calib, progress=progress)
     out = {}
-    for name, layer in tqdm(layers.items(), desc=f"GPTQ int{bits}", disable=not progress):
+    for name, layer in tqdm(layers.items(), desc=f"GPTQ int{bits}", disable=not progress, leave=False):
         w = linear_weight_view(layer).detach().float()
         H = hs[name] if hs[name] is not None else torch.eye(w.shape[1], dtype=torch.float64)
         out[name] = gptq_quantize(w, H, bits, group_size, symmetric=symmetric)

@@ -222,7 +222,7 @@ def quantize_weights(model: nn.Module, bits: int = 4, group_size: int | None = N
     else:
         found = None
     dtypes = {}
-    for name, layer in tqdm(todo.items(), desc=f"int{bits} weights", disable=not progress):
+    for name, layer in tqdm(todo.items(), desc=f"int{bits} weights", disable=not progress, leave=False):
         w = linear_weight_view(layer).detach().float()
         q, qp = found[name] if found is not None else codes(w, bits, group_size, symmetric=symmetric)
         module = kernel_linear(q, qp, _bias(layer))

@@ -15,7 +15,7 @@ def shell(ip):
 
 
 def test_help_lists_every_option(shell):
-    doc = shell.find_line_magic("quantize").__doc__
+    doc = " ".join(shell.find_line_magic("quantize").__doc__.split())  # argparse wraps the help
     for opt in ("--calib", "--bits", "--act-bits", "--per-tensor", "--asymmetric", "--observer", "--mode",
                 "--eval", "--sensitivity", "-o", "NOT faster"):
         assert opt in doc
@@ -33,7 +33,7 @@ def test_quantize_stores_result(shell, capsys):
 @pytest.mark.parametrize("line, message", [
     ("qm --calib qcal --bits 20", "from 2 to 16"),
     ("nope --calib qcal", "could not evaluate model"),
-    ("qm --mode int8", "calib="),
+    ("qm --mode int8", "--calib"),
     ("qm --calib qcal --eval 3", "not callable"),
     ("qm --calib qcal --observer best", "could not parse|invalid choice"),
 ])
@@ -58,3 +58,21 @@ def test_sensitivity_option_shows_table_and_heatmap(shell, monkeypatch):
     assert len(shown[1].axes[0].get_yticklabels()) == len(df)
     with pytest.raises(UsageError, match="comma-separated bit widths"):
         shell.run_line_magic("quantize", "qm --calib qcal --sensitivity 8,x")
+
+
+@pytest.mark.parametrize("line, says, not_said", [
+    ("qm --mode int8", "pass --calib ...", "calib="),
+    ("qm --calib qcal --mode int8 --act-bits none", "(--act-bits none given); use --mode dynamic", "act_bits="),
+])
+def test_usage_errors_name_the_flags_not_the_python_arguments(shell, line, says, not_said):
+    res = shell.run_cell(f"%quantize {line}")
+    err = str(res.error_in_exec or res.error_before_exec)
+    assert says in err and not_said not in err and "mode=" not in err
+
+
+def test_as_flags_rewrites_only_known_names():
+    from nbopt.magics.common import as_flags
+
+    flags = {"act_bits": "--act-bits", "structured": "--structured", "mode": "--mode"}
+    assert as_flags("act_bits=None, mode='int8', structured=False, repeat=3", flags) == \
+        "--act-bits none, --mode int8, without --structured, repeat=3"
