@@ -107,8 +107,16 @@ try {
     const el = document.querySelector('.nbopt-pruning-panel .nbopt-accuracy');
     return el && el.textContent.trim() !== before;
   }, result.before.accuracy, { timeout: 120000, polling: 200 });
-  if (frontend !== 'voila') await kernelIdle(page);
-  await page.waitForTimeout(1500);
+  // The panel debounces slider events: the kernel can be idle between a first render and the final one, so
+  // wait until the readout has stayed the same for two seconds with the kernel idle (at most a minute).
+  let settled = (await accuracy.textContent()).trim();
+  for (let i = 0; i < 30; i++) {
+    if (frontend !== 'voila') await kernelIdle(page);
+    await page.waitForTimeout(2000);
+    const now = (await accuracy.textContent()).trim();
+    if (now === settled) break;
+    settled = now;
+  }
   result.after = { valuenow: await handle.getAttribute('aria-valuenow'), readout: (await readout.textContent()).trim(),
                    accuracy: (await accuracy.textContent()).trim(), rows: await tableRows(),
                    totals: (await panel.locator('.nbopt-totals').textContent()).trim(), plot: await plotSrc() };
