@@ -64,14 +64,22 @@ CACHE_NOTE = ("use_cache was turned off on nbopt's private copy of the model (co
               "states) without past_key_values. Your model's config is unchanged.")
 
 
+def cache_owners(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` (a Hugging Face model and its sub-stacks) whose config has ``use_cache`` on."""
+    return [n for n, m in model.named_modules() if getattr(getattr(m, "config", None), "use_cache", False) is True]
+
+
 def cache_configs(model: nn.Module) -> list[Any]:
-    """The distinct configs in ``model`` (a Hugging Face model and its sub-stacks) with ``use_cache`` on."""
-    found: dict[int, Any] = {}
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        if cfg is not None and getattr(cfg, "use_cache", False) is True:
-            found[id(cfg)] = cfg
+    """The distinct configs in ``model`` with ``use_cache`` on."""
+    found = {id(cfg): cfg for cfg in (model.get_submodule(n).config for n in cache_owners(model))}
     return list(found.values())
+
+
+def cache_back(model: nn.Module, owners: list[str]) -> nn.Module:
+    """Turn ``use_cache`` on again for the modules ``owners`` (from :func:`cache_owners` of the original)."""
+    for name in owners:
+        model.get_submodule(name).config.use_cache = True
+    return model
 
 
 def cache_off(copy: nn.Module) -> bool:

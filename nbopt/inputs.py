@@ -23,11 +23,15 @@ def check_module(model: Any, what: str = "model") -> nn.Module:
     return model
 
 
+def on_meta(model: nn.Module, inputs: Any = None) -> bool:
+    """True when any parameter or buffer of ``model`` (or any tensor in ``inputs``) is on the meta device."""
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers(), tensors_in(inputs)))
+
+
 def check_not_meta(model: nn.Module, what: str) -> None:
     """Refuse a model whose weights are on the meta device (shapes, no values): ``what`` (e.g. "quantize")
     needs real weights. Counting (``nbopt.profile``) works on meta models and does not call this."""
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    if any(t.device.type == "meta" for t in tensors):
+    if on_meta(model):
         raise InputError(
             f"{what} needs the model's weight values, but the model's weights are on the meta device (no values); "
             "create them with model.to_empty(device='cpu') and load the weights (load_state_dict / "

@@ -8,7 +8,6 @@ attention and RNN cells — torchvision's published "GMACs". FLOPs count every f
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import warnings
 from typing import Any, Callable, Mapping
@@ -19,7 +18,7 @@ from torch import nn
 from .. import timing
 from ..errors import InputError, InputTypeError, NboptError, NoisyTimingWarning
 from ..inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, model_device,
-                      tensors_in)
+                      on_meta)
 from ..model_state import preserved, size_bytes
 from .attribution import ModuleNames
 from .aten_engine import count_aten
@@ -46,15 +45,10 @@ def _check_repeat(repeat: int | None) -> None:
         raise NboptError(f"repeat must be at least 1, got {repeat}")
 
 
-def _on_meta(model: nn.Module, inputs: Any = None) -> bool:
-    """True when any of ``model``'s parameters/buffers or of the input tensors is a meta tensor."""
-    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers(), tensors_in(inputs)))
-
-
 def _check_timeable(model: nn.Module, inputs: Any = None, what: str = "the model") -> None:
     """Latency cannot be measured on meta tensors: they hold no data and run no kernels."""
-    if _on_meta(model, inputs):
-        where = "its inputs are" if not _on_meta(model) else f"{what}'s weights are"
+    if on_meta(model, inputs):
+        where = "its inputs are" if not on_meta(model) else f"{what}'s weights are"
         raise InputError(
             f"cannot measure latency: {where} on the meta device (no data, no kernels run, so a timing would be "
             "meaningless). Count only with latency=False (--no-latency in the magics), or make the model real first: "
@@ -132,7 +126,7 @@ def profile(model: nn.Module | Callable[..., Any], inputs: Any = None, *, latenc
     registry = FORMULAS.overlay(formulas)
     args, kwargs = as_args(inputs)
     notes: list[str] = []
-    meta_model = _on_meta(model)
+    meta_model = on_meta(model)
     if meta_model and not latency and (execution == "real" or engine == "thop"):
         raise InputError("this model's weights are on the meta device (no data), so it cannot run on real "
                          "tensors; count it with execution='auto' or 'meta' and engine='aten'")

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import NboptError, describe_exception
-from ..inputs import forward_error
+from ..inputs import forward_error, on_meta as weights_on_meta
 from ..model_state import preserved
 from .attribution import ModuleNames, ModuleTracker
 from .calls import fresh
@@ -161,7 +160,7 @@ def _run_counted(model: nn.Module, args: tuple, kwargs: dict, tracker: ModuleTra
             with on_meta(model), counter:
                 model(*_meta(args), **_meta(kwargs))
         else:  # real weights and inputs become fake on the fly (no data is copied, none is written)
-            if _model_on_meta(model):
+            if weights_on_meta(model):
                 args, kwargs = _meta(args), _meta(kwargs)
             with attributes_restored(model), _fake_mode(), counter:
                 model(*args, **kwargs)
@@ -214,7 +213,7 @@ def count_aten(model: nn.Module, args: tuple, kwargs: dict, names: ModuleNames, 
             except Exception as exc:  # bad inputs, an op without a meta kernel or a data-dependent branch
                 failures.append((exc, tracker.failed_at(exc)))
         failure, where = _telling(failures)
-        if _model_on_meta(model):
+        if weights_on_meta(model):
             raise NboptError(f"this model's weights are on the meta device and it cannot be counted on meta "
                              f"tensors{where} ({describe_exception(failure)}); check the inputs (shapes, dtypes, "
                              "keyword names), or build the model on a real device to count it on real tensors")
@@ -240,5 +239,3 @@ def _telling(failures: list[tuple[Exception, str]]) -> tuple[Exception, str]:
     return (fake, fake_where) if _needs_values(meta) and not _needs_values(fake) else (meta, meta_where)
 
 
-def _model_on_meta(model: nn.Module) -> bool:
-    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))

@@ -52,8 +52,7 @@ class Pruner:
         self._explicit_layers = list(layers) if layers is not None else None
         # a KV cache (DynamicCache) cannot be traced: pruning works on copies with use_cache off, and the
         # exported model gets it back (see export)
-        self._cache_modules = [n for n, m in model.named_modules()
-                               if getattr(getattr(m, "config", None), "use_cache", False) is True]
+        self._cache_modules = graph.cache_owners(model)
         self.notes: list[str] = [PRUNE_CACHE_NOTE] if self._cache_modules else []
         self.model = working_copy(model)
         graph.cache_off(self.model)
@@ -264,9 +263,7 @@ class Pruner:
 
     def _cache_back(self, model: nn.Module) -> nn.Module:
         """Turn ``use_cache`` back on where the original had it (pruning traced the model without a cache)."""
-        for name in self._cache_modules:
-            model.get_submodule(name).config.use_cache = True
-        return model
+        return graph.cache_back(model, self._cache_modules)
 
     def _removed(self, kept: dict[str, int], *, explain: bool = True) -> nn.Module:
         """A fresh copy of the original with the channels of ``kept`` removed (``explain``: name the culprit
