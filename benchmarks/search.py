@@ -1,14 +1,19 @@
 """The compression search's measured goals on the demo CNN (recorded in benchmarks/README.md).
 
-    python benchmarks/search.py front  --trials 16     # the front vs optimize's default pipeline and fp32
-    python benchmarks/search.py scale  --trials 8      # dask LocalCluster: 2 workers vs 1, accuracy-only
+    python benchmarks/search.py front  --trials 16 --batch 1    # the front vs optimize's default pipeline and fp32
+    python benchmarks/search.py front  --trials 16 --batch 64   # the same, latency timed at a throughput batch
+    python benchmarks/search.py scale  --trials 16 --engine dask   # LocalCluster: 2 workers vs 1, accuracy-only
+    python benchmarks/search.py scale  --trials 16 --engine local  # in-process vs 2 local worker processes
+    python benchmarks/search.py points --epochs 4      # chosen heavy-pruning points vs the default, batches 1/64/360
     python benchmarks/search.py resume --trials 8      # SIGKILL a search halfway, resume it, count trials
 
 front: latency + accuracy objectives, accuracy budget 0.5 points, default space seeded from the profiler and
-nbopt.sensitivity, with recovery (distill / fine-tune, 2 epochs) on; the references (fp32 eager, optimize's
-default: structured 50% + int8 onnxruntime, no recovery) are measured by search() the same way as trials.
-scale: the same trials (fixed space, accuracy-only so timing cannot interfere) on a 1- and a 2-worker
-LocalCluster; wall time with and without the cluster's start-up. resume: a search in a child process is
+nbopt.sensitivity, with recovery (distill / fine-tune, --epochs) on; latency is timed on a batch of --batch
+images (the search times the example input it is given); the references (fp32 eager, optimize's default:
+structured 50% + int8 onnxruntime, no recovery) are measured by search() the same way as trials.
+scale: the same trials (fixed space, accuracy-only so timing cannot interfere) with 1 and 2 workers: dask (a
+1- and a 2-worker LocalCluster) or local (in this process vs 2 spawned worker processes); wall time with and
+without start-up, and the load average around each run. resume: a search in a child process is
 killed with SIGKILL once half its trials are stored; a second search(storage=same) runs the rest.
 """
 from __future__ import annotations
@@ -29,19 +34,24 @@ import nbopt
 from nbopt import demo
 from nbopt.autosearch import SearchSpace
 
+# --space heavy: only heavily pruned int8 points with recovery (is a 1.5x-faster point within budget reachable?)
+HEAVY_SPACE = SearchSpace(groups={}, amount_max=0.8, step=0.1, quant=("int8",), recover=("finetune", "distill"))
+# every trial fine-tunes (1 epoch): the same work per trial whatever each worker's sampler picks
 SCALE_SPACE = SearchSpace(groups={"block1.conv1.0": 0.6, "block3.conv1.0": 0.6}, amount_max=0.4, quant=("fp32",),
-                          recover=("none", "finetune"))
+                          recover=("finetune",))
 
 
-def front(trials: int) -> None:
-    model, x = demo.load_model(), demo.example_input(1)
+def front(trials: int, batch: int = 1, epochs: int = 2, space: str = "default") -> None:
+    model, x = demo.load_model(), demo.example_input(batch)
     db = Path(tempfile.mkdtemp()) / "front.db"
     t0 = time.perf_counter()
     r = nbopt.search(model, x, calib=demo.calibration_data(64), evaluate=demo.evaluate, n_trials=trials,
-                     storage=db, train_data=demo.train_loader(seed=0), recover_epochs=2, seed=0, n_startup=6)
+                     storage=db, train_data=demo.train_loader(seed=0), recover_epochs=epochs, seed=0, n_startup=6,
+                     space=HEAVY_SPACE if space == "heavy" else None)
     wall = time.perf_counter() - t0
     cols = ["accuracy", "latency_ms", "size_bytes", "param:quant", "param:recover", "param:amount"]
-    print(f"{len(r.trials)} trials in {wall:.0f} s; {r.timing}")
+    print(f"batch {batch}, recovery {epochs} epochs: {len(r.trials)} trials in {wall:.0f} s; {r.timing}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("references:", {k: {m: round(v, 4) for m, v in d.items() if m in ("accuracy", "latency_ms")}
                           for k, d in r.references.items()})
     print("front:\n" + r.front[[c for c in cols if c in r.front]].to_string())
@@ -55,26 +65,57 @@ def front(trials: int) -> None:
         best = r.front["latency_ms"].min()
         print(f"fastest front point {best:.4f} ms = {d['latency_ms'] / best:.2f}x optimize's default "
               f"({d['latency_ms']:.4f} ms, accuracy {d['accuracy']:.4f}); fp32 {fp['latency_ms']:.4f} ms")
+        close = r.front[r.front["accuracy"] >= fp["accuracy"] - 0.005]
+        if len(close):
+            i = close["latency_ms"].idxmin()
+            print(f"fastest point within 0.5 points of fp32: trial {i}, {close.loc[i, 'latency_ms']:.4f} ms, accuracy "
+                  f"{close.loc[i, 'accuracy']:.4f} = {d['latency_ms'] / close.loc[i, 'latency_ms']:.2f}x optimize's "
+                  f"default, {fp['latency_ms'] / close.loc[i, 'latency_ms']:.1f}x fp32; {r.config(i)}")
+            retime(r, i)
 
 
-def scale(trials: int) -> None:
+def retime(r, trial: int, batches=(1, 64, 360), repeat: int = 30) -> None:
+    """The front point, optimize's default and fp32, rebuilt and timed at each batch (interleaved, 1 thread)."""
+    from nbopt.autosearch.api import OPTIMIZE_DEFAULT
+    from nbopt.autosearch.build import build_config, latency_ms
+    from nbopt.autosearch.space import Config
+
+    c = r._context
+    models = {f"trial {trial}": r.build(trial)}
+    for name, cfg in (("optimize default", OPTIMIZE_DEFAULT), ("fp32", Config())):
+        models[name] = build_config(c["model"], c["example_input"], cfg, calib=c["calib"])[0]
+    for b in batches:
+        x = demo.example_input(b)  # real held-out images (360 of them: the whole held-out set)
+        ms = {k: latency_ms(m, x, repeat)["latency_ms"] for k, m in models.items()}
+        d = ms["optimize default"]
+        print(f"batch {b}: " + ", ".join(f"{k} {v:.4f} ms ({d / v:.2f}x default)" for k, v in ms.items()) +
+              f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def scale(trials: int, engine: str = "dask", repeats: int = 1) -> None:
     model, x = demo.load_model(), demo.example_input(1)
-    rows = []
-    for workers in (1, 2):
-        db = Path(tempfile.mkdtemp()) / f"scale{workers}.db"
-        t0 = time.perf_counter()
-        r = nbopt.search(model, x, calib=demo.calibration_data(64), evaluate=demo.evaluate, objectives=("accuracy",),
-                         space=SCALE_SPACE, n_trials=trials, storage=db, engine="dask", n_workers=workers, seed=0,
-                         train_data=demo.train_loader(seed=0), recover_epochs=1, references=False, n_startup=trials)
-        wall = time.perf_counter() - t0
-        done = int((r.trials["state"] == "COMPLETE").sum())
-        rows.append((workers, wall, r.engine["startup_s"], done))
-        print(f"{workers} worker(s): {done} trials, wall {wall:.1f} s, cluster start-up {r.engine['startup_s']:.1f} s, "
-              f"trials {wall - r.engine['startup_s']:.1f} s, ran in {r.trials['pid'].nunique()} process(es), "
-              f"median trial build+evaluate {r.trials['build_s'].median():.2f} s")
-    (_, w1, s1, _), (_, w2, s2, _) = rows
-    print(f"2 workers / 1 worker wall time: {w2 / w1:.2f} (without start-up {(w2 - s2) / (w1 - s1):.2f}); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows: dict[int, list] = {1: [], 2: []}
+    for rep in range(repeats):
+        for workers in (1, 2) if rep % 2 == 0 else (2, 1):  # interleaved: the load drifts between runs
+            db = Path(tempfile.mkdtemp()) / f"scale{workers}.db"
+            load0 = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            r = nbopt.search(model, x, calib=demo.calibration_data(64), evaluate=demo.evaluate,
+                             objectives=("accuracy",), space=SCALE_SPACE, n_trials=trials, storage=db, engine=engine,
+                             n_workers=workers, seed=0, train_data=demo.train_loader(seed=0), recover_epochs=1,
+                             references=False, n_startup=trials)
+            wall = time.perf_counter() - t0
+            done = int((r.trials["state"] == "COMPLETE").sum())
+            start = r.engine.get("startup_s", 0.0)
+            rows[workers].append((wall, start))
+            print(f"{engine} {workers} worker(s){' in-process' if not r.engine.get('processes', True) else ''}: "
+                  f"{done} trials, wall {wall:.1f} s, start-up {start:.1f} s, trials {wall - start:.1f} s, ran in "
+                  f"{r.trials['pid'].nunique()} process(es), median trial build+evaluate "
+                  f"{r.trials['build_s'].median():.2f} s; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    for rep, ((w1, s1), (w2, s2)) in enumerate(zip(rows[1], rows[2])):
+        print(f"run {rep}: 2 workers / 1 worker wall time {w2 / w1:.2f} (without start-up {(w2 - s2) / (w1 - s1):.2f})"
+              f" on {os.cpu_count()} cores")
 
 
 CHILD = """
@@ -119,14 +160,63 @@ def resume(trials: int) -> None:
           f"(the killed trial is left {'RUNNING' if 'RUNNING' in states else 'FAIL'})")
 
 
+POINTS = {"optimize default": dict(amount=0.5, quant="int8"), "int8 only": dict(quant="int8"),
+          "70% + fine-tune + int8": dict(amount=0.7, quant="int8", recover="finetune"),
+          "70% + distill + int8": dict(amount=0.7, quant="int8", recover="distill"),
+          "80% + fine-tune + int8": dict(amount=0.8, quant="int8", recover="finetune")}
+
+
+def points(epochs: int, batches=(1, 64, 360), rounds: int = 5, repeat: int = 20) -> None:
+    """Named configs built and measured like trials (held-out accuracy; latency under the timing lock), timed
+    interleaved over ``rounds`` (median of the rounds' medians) at each batch, against optimize's default."""
+    import statistics
+
+    from nbopt.autosearch.build import build_config, latency_ms
+    from nbopt.autosearch.space import Config
+
+    model, calib = demo.load_model(), demo.calibration_data(64)
+    fp = demo.evaluate(model)
+    built = {}
+    for name, kw in POINTS.items():
+        t0 = time.perf_counter()
+        built[name] = build_config(model, demo.example_input(1), Config(**kw), calib=calib,
+                                   train_data=demo.train_loader(seed=0), recover_epochs=epochs, seed=0)[0]
+        acc = demo.evaluate(built[name])
+        print(f"{name}: accuracy {acc:.4f} ({(fp - acc) * 100:+.2f} points below fp32 {fp:.4f}; within 0.5: "
+              f"{fp - acc <= 0.005}), built in {time.perf_counter() - t0:.0f} s", flush=True)
+    for b in batches:
+        x = demo.example_input(b)
+        ms: dict[str, list[float]] = {k: [] for k in built}
+        for _ in range(rounds):
+            for k, m in built.items():
+                ms[k].append(latency_ms(m, x, repeat)["latency_ms"])
+        med = {k: statistics.median(v) for k, v in ms.items()}
+        d = med["optimize default"]
+        print(f"batch {b}: " + ", ".join(f"{k} {v:.4f} ms ({d / v:.2f}x)" for k, v in med.items()) +
+              f"; rounds spread {max(max(v) / min(v) for v in ms.values()):.1f}x; load {os.getloadavg()[0]:.1f}",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["front", "scale", "resume"])
+    p.add_argument("part", choices=["front", "scale", "resume", "points"])
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="front: the batch latency is timed on")
+    p.add_argument("--epochs", type=int, default=2, help="front: recovery epochs")
+    p.add_argument("--space", choices=["default", "heavy"], default="default", help="front: the search space")
+    p.add_argument("--engine", choices=["dask", "local"], default="dask", help="scale: where trials run")
+    p.add_argument("--repeats", type=int, default=1, help="scale: interleaved 1-/2-worker pairs")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    {"front": front, "scale": scale, "resume": resume}[a.part](a.trials)
+    if a.part == "front":
+        front(a.trials, a.batch, a.epochs, a.space)
+    elif a.part == "scale":
+        scale(a.trials, a.engine, a.repeats)
+    elif a.part == "points":
+        points(a.epochs)
+    else:
+        resume(a.trials)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,22 @@ The layout of the package is described in ``docs/architecture.md``.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+class _TorchaoEnumNotice(logging.Filter):
+    """Drops one known deprecation notice: torchao 0.18 registers its enums as pytree constants, which torch 2.14
+    logs at WARNING on ``torch.utils._pytree`` ("... is an Enum subclass and is now natively supported by
+    torch.compile ...") whenever torchao is imported, e.g. by ``import transformers``. Nothing else is touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
+logging.getLogger("torch.utils._pytree").addFilter(_TorchaoEnumNotice())
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS: dict[str, str] = {

@@ -6,7 +6,6 @@ default, exact zeros kept at zero, seeded, ``tqdm.auto`` progress, ``PartialResu
 """
 from __future__ import annotations
 
-import html
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -73,8 +72,10 @@ class DistillResult:
         return f"DistillResult({self.epochs_completed} epochs{acc}{partial})" + "".join(f"\n{n}" for n in self.notes)
 
     def _repr_html_(self) -> str:
-        notes = "".join(f"<p class='nbopt-note'>{html.escape(n)}</p>" for n in self.notes)
-        return self.history.to_html(float_format=lambda v: f"{v:.4g}") + notes
+        from .display.frames import html_table  # front-end imported on demand
+        from .display.results import notes_html
+
+        return html_table(self.history, where="`.history`") + notes_html(self.notes)
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 3, temperature: float = 4.0,
@@ -94,6 +95,12 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
     ``optimizer(params) -> torch.optim.Optimizer`` replaces the default ``Adam(lr, weight_decay)``.
     ``evaluate(model) -> accuracy`` fills the ``accuracy`` column after each epoch. The stop button (Ctrl-C)
     with ``on_interrupt="return"`` returns the copy as of the last finished step with a PartialResultWarning.
+
+    When it beats fine-tuning (benchmarks/distill.py, the demo CNN after 70% structured pruning): with few
+    labelled images and a long schedule on augmented views that the teacher labels as the student sees them
+    (yield already-augmented batches; both methods then train on the same views), e.g. 256 digits shifted by up
+    to a pixel, 30 epochs, these defaults (T=4, alpha=0.9). With all the data (1,437 digits, 3 epochs) fine-tuning
+    is as accurate or more (distillation still has the lower held-out NLL).
     """
     check_module(student, "student")
     check_module(teacher, "teacher")
@@ -184,15 +191,19 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits in a model's output: a tensor, an output with ``.logits`` (transformers), a dict with
+    ``"logits"``, or a tuple / list starting with a tensor; else an NboptError saying what to return."""
     if isinstance(out, torch.Tensor):
         return out
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise NboptError(f"distill needs the model's logits; it returned {type(out).__name__} (return a tensor, "
+    raise NboptError(f"expected the model's logits; it returned {type(out).__name__} (return a tensor, "
                      "a tuple starting with one, or an output with .logits)")
 
 
@@ -225,7 +236,7 @@ class _FeatureHooks:
 
     def _keep(self, side: str, i: int) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self.out[(side, i)] = _first_tensor(output)
+            self.out[(side, i)] = logits_of(output)
         return hook
 
     def _projection(self, i: int) -> nn.Module:
@@ -283,12 +294,12 @@ class _Loop:
 
     def step(self, x: Any, y: torch.Tensor) -> dict[str, float]:
         self.opt.zero_grad()
-        s = _first_tensor(call(self.student, x))
+        s = logits_of(call(self.student, x))
         hard = _cross_entropy(s, y) if self.alpha < 1 else torch.zeros(())
         soft = feat = torch.zeros(())
         if self.alpha > 0 or self.hooks:
             with torch.no_grad():
-                t = _first_tensor(call(self.teacher, x))
+                t = logits_of(call(self.teacher, x))
             if self.alpha > 0:
                 soft = self._soft(s, t)
             if self.hooks:

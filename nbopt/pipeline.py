@@ -1,7 +1,6 @@
 """``optimize``: profile -> fuse -> prune -> quantize -> export -> verify, one measured row per step."""
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -21,12 +20,16 @@ from .profiling import profile
 from .pruning import Pruner
 from .quantization import quantize
 from .quantization.metrics import fidelity
+from .table import as_table
 from .timing import compare_pair
 
 STEPS = ("profile", "fuse", "prune", "quantize", "export", "verify")
 COLUMNS = ["step", "status", "params", "macs", "file_bytes", "latency_ms", "original_latency_ms", "speedup",
            "accuracy", "top1_agreement", "max_abs_diff", "note", "latency_q1_ms", "latency_q3_ms",
            "original_latency_q1_ms", "original_latency_q3_ms", "speedup_q1", "speedup_q3", "latency_calls", "noisy"]
+SHOWN = ("status", "params", "macs", "file_bytes", "latency_ms", "original_latency_ms", "speedup", "accuracy",
+         "top1_agreement", "max_abs_diff", "note")  # what a notebook shows (the quartiles stay in the table)
+BRIEF = ("status", "params", "file_bytes", "latency_ms", "speedup", "top1_agreement")  # a terminal's columns
 # every latency_*, original_latency_* and speedup* value of a row comes from ONE interleaved timing of the step's
 # model and the original; speedup == original_latency_ms / latency_ms exactly
 
@@ -66,13 +69,14 @@ class OptimizeResult:
                 + (", NOISY" if _flag(last["noisy"]) else ""))
 
     def _repr_html_(self) -> str:
-        notes = "".join(f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(n)}</p>"
-                        for n in self.notes)
-        return self.table.to_html(float_format=lambda v: f"{v:.4g}") + notes
+        from .display.results import optimize_html  # front-end imported on demand
+
+        return optimize_html(self)
 
     def __repr__(self) -> str:
-        notes = "".join(f"\n{n}" for n in self.notes)
-        return f"OptimizeResult(speedup {self._speedup_text()})\n{self.table.to_string()}{notes}"
+        from .display.results import optimize_text
+
+        return optimize_text(self)
 
 
 def _flag(value: Any) -> bool:
@@ -194,7 +198,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, calib: Any, evaluate: Cal
                               backend=quant_backend, fmt=fmt, path=path, progress=progress)
         except UnsupportedModelError as exc:  # a step this model cannot take: record it, go on with the model as is
             run.skip(step, f"skipped, the model is kept as it was: {exc}")
-    result.table = pd.DataFrame(run.rows, columns=COLUMNS).set_index("step")
+    result.table = as_table(pd.DataFrame(run.rows, columns=COLUMNS).set_index("step"), columns=SHOWN, brief=BRIEF)
     result.notes.extend(run.noise)
     result.model = result.model or state.model
     return result

@@ -186,3 +186,11 @@ def test_setting_the_slug_rewrites_every_link(tmp_path, monkeypatch):
         assert json.loads(text) == before[p.name]
     with pytest.raises(SystemExit):
         links.main(["--slug", "not a slug"])
+
+
+def test_binder_readme_says_how_to_shut_kernels_down_and_save_widget_state():
+    """mybinder.org has about 2 GB: the README says to shut earlier kernels down, and how panels are kept."""
+    text = (BINDER / "README.md").read_text()
+    for needed in ("2 GB", "Close and Shut Down Notebook", "Shut Down All Kernels", "Save Widget State Automatically",
+                   "--ExecutePreprocessor.store_widget_state=True", "1.5 GiB"):
+        assert needed in text, f"binder/README.md does not mention {needed!r}"

@@ -52,3 +52,35 @@ def test_text_table_matches_html_units_and_limit():
     assert "1.23" in text and "1.23456" not in text
     assert text.splitlines()[-1] == "+5 more rows — .table has them all"
     assert len(text.splitlines()) == 1 + 15 + 1
+
+
+def test_quartile_and_vs_first_columns_read_as_their_quantity():
+    assert [F.kind_of(c) for c in ("speedup_q1", "latency_ms_vs_first_q3", "macs_vs_first", "latency_calls",
+                                    "self_latency_q1_ms")] == ["ratio", "ratio", "ratio", "number", "ms"]
+
+
+@pytest.mark.parametrize("value,text", [(3.3612, "3.36x"), (459.31, "459x"), (0.0022, "0.0022x"), (1.0, "1.00x"),
+                                        (0.08333, "0.083x"), (12.345, "12.3x"), (float("nan"), "")])
+def test_ratios_have_two_or_three_significant_digits(value, text):
+    assert F.format_value(value, "ratio") == text
+
+
+def test_rows_of_a_before_after_table_carry_their_units():
+    df = pd.DataFrame({"before": [105866.0, 459547.0, 21.337, 9.0, np.nan],
+                       "after": [52933.0, 229773.0, 10.2, 9.0, np.nan],
+                       "ratio": [2.0, 2.0, 2.092, np.nan, 3.1]},
+                      index=["params", "size_bytes", "latency_ms", "latency_calls", "speedup_q1"])
+    out = F.format_frame(df, by_rows=True)
+    assert out.loc["params"].tolist() == ["105.87K", "52.93K", "2.00x"]
+    assert out.loc["size_bytes"].tolist() == ["448.78 KiB", "224.39 KiB", "2.00x"]
+    assert out.loc["latency_ms"].tolist() == ["21.3", "10.2", "2.09x"]
+    assert out.loc["latency_calls"].tolist() == ["9", "9", ""]
+    assert out.loc["speedup_q1"].tolist() == ["", "", "3.10x"]
+    assert F.format_frame(df, {"latency_calls": "count"}, by_rows=True).loc["latency_calls", "before"] == "9"
+
+
+def test_text_table_wraps_wide_tables_at_the_display_width():
+    df = pd.DataFrame({f"column_number_{i}_ms": [1.5] for i in range(12)})
+    text = F.text_table(df, line_width=80)
+    assert max(len(line.rstrip(" \\")) for line in text.splitlines()) <= 80
+    assert text.count("column_number_") == 12  # every column, in blocks

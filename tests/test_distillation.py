@@ -1,11 +1,16 @@
 """nbopt.distill: logit + feature distillation on a copy, per-epoch curves, the stop button keeps the epochs done.
 
-The measured claim (benchmarks/distill.py): after 70% structured channel pruning of the demo CNN, recovery by
-distillation and by fine-tuning with the same data, epochs, optimizer and seed; here the honest, seed-stable
-facts: both recover far above the pruned model, and ``alpha=0`` is exactly ``finetune``.
+The measured claim (benchmarks/distill.py): after 70% structured channel pruning of the demo CNN, recovering on
+few images (the first 256 training digits, shifted by up to a pixel, 30 epochs), distillation from the unpruned
+model beats fine-tuning with the same batches, epochs, optimizer and seed on every seed measured, in held-out
+accuracy and NLL; on all 1,437 images for 3 epochs it does not (fine-tuning 99.00%, distillation
+98.78%, tied on 3 of 5 seeds; distillation's NLL is lower). ``alpha=0`` is exactly ``finetune``.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +36,43 @@ def pruned(teacher):
 
 def small_loader(n_batches=6, seed=0):
     return [b for b, _ in zip(demo.train_loader(seed=seed), range(n_batches))]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("distill_benchmark",
+                                                  Path(__file__).parents[1] / "benchmarks" / "distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _few_image_recovery(pruned, teacher, seeds):
+    """benchmarks/distill.py's recipe on ``seeds``: (fine-tune, distill) held-out accuracy and NLL per seed."""
+    bench = _benchmark()
+    out = []
+    for seed in seeds:
+        r = bench.compare(pruned, teacher, seed, images=256, epochs=30, evaluate=None)
+        out.append({k: (demo.evaluate(v.model), bench.heldout_nll(v.model)) for k, v in r.items()})
+    return out
+
+
+def test_distillation_beats_finetune_on_few_images(pruned, teacher):
+    # measured (benchmarks/distill.py, 1 thread), held-out accuracy % fine-tune / distill (NLL):
+    # seed 0 96.39 / 96.67 (0.251 / 0.196), 1 96.11 / 97.50 (0.261 / 0.212), 2 96.11 / 97.22 (0.250 / 0.208),
+    # 3 95.56 / 96.39 (0.256 / 0.202), 4 96.67 / 97.22 (0.250 / 0.191). Seed 0's margin is one image of 360,
+    # so the quick test takes seeds 1 and 2; the slow test below asserts all five.
+    runs = _few_image_recovery(pruned, teacher, seeds=(1, 2))
+    for r in runs:
+        (ft_acc, ft_nll), (kd_acc, kd_nll) = r["fine-tune"], r["distill"]
+        assert kd_acc > ft_acc and kd_nll < ft_nll
+    gain = sum(r["distill"][0] - r["fine-tune"][0] for r in runs) / len(runs)
+    assert gain > 0.005  # measured: +1.25 points on these two seeds
+
+
+@pytest.mark.skipif(not os.environ.get("NBOPT_SLOW"), reason="5 seeds of 30 epochs: set NBOPT_SLOW=1")
+def test_distillation_beats_finetune_on_every_seed(pruned, teacher):
+    runs = _few_image_recovery(pruned, teacher, seeds=range(5))
+    assert all(r["distill"][0] > r["fine-tune"][0] and r["distill"][1] < r["fine-tune"][1] for r in runs)
 
 
 def test_exported_lazily():
@@ -190,3 +232,16 @@ def test_demo_lm_student_learns_from_the_trained_teacher():
     after = lm.perplexity(r.model, chunks=8, seq_len=64)
     assert after < before / 2 and r.history.loc[2, "accuracy"] == pytest.approx(-after)
     assert r.teacher_accuracy > r.history.loc[2, "accuracy"]  # the 4-layer teacher is still better
+
+
+def test_logits_of_is_one_helper_for_distill_and_the_demo_lm():
+    from nbopt.demo import lm
+    from nbopt.distillation import logits_of
+
+    assert lm.logits_of is logits_of  # demo.lm's perplexity and distill read logits the same way
+    t = torch.arange(6.0).reshape(2, 3)
+    assert logits_of(t) is t and logits_of((t, None)) is t and logits_of([t]) is t and logits_of({"logits": t}) is t
+    transformers = pytest.importorskip("transformers")
+    assert logits_of(transformers.modeling_outputs.CausalLMOutput(loss=torch.ones(()), logits=t)) is t
+    with pytest.raises(nbopt.NboptError, match="logits"):
+        logits_of({"hidden": t})

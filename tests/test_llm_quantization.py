@@ -226,3 +226,96 @@ def test_demo_lm_gptq_beats_rtn_at_4_bits(demo_lm):
 def model_bytes(model):
     from nbopt.model_state import size_bytes
     return size_bytes(model)
+
+
+# ---------------------------------------------------------------- onnxruntime MatMulNBits kernels (kernel="onnxruntime")
+
+@pytest.mark.parametrize("bits,group_size,symmetric,k", [(8, None, True, 100), (4, 32, False, 128),
+                                                          (4, 64, True, 128)])
+def test_matmul_nbits_kernel_matches_dequantized_weights(bits, group_size, symmetric, k):
+    pytest.importorskip("onnxruntime")
+    from nbopt.quantization.weight_only import MatMulNBitsLinear
+    torch.manual_seed(0)
+    w, b, x = torch.randn(24, k), torch.randn(24), torch.randn(3, 5, k)
+    q, qp = codes(w, bits, group_size, symmetric=symmetric)
+    layer = MatMulNBitsLinear.from_codes(q, qp, b)
+    assert layer.weight.dtype == torch.uint8
+    if bits == 8:  # K=100: blocks of 32, the last one padded with the zero code 128
+        assert layer.block_size == 32 and layer.weight.shape == (24, 4, 32)
+        assert torch.equal(layer.weight.reshape(24, -1)[:, :k].int(), q + 128)
+        assert (layer.weight.reshape(24, -1)[:, k:] == 128).all() and (layer.zero_points == 128).all()
+        deq = q.float() * qp.scale
+    else:  # two codes per byte, the even input in the low nibble
+        assert layer.weight.numel() == 24 * k // 2
+        u = q - qp.qmin if symmetric else q
+        flat = layer.weight.reshape(24, -1).int()
+        assert torch.equal(flat & 15, u[:, 0::2]) and torch.equal(flat >> 4, u[:, 1::2])
+        deq = dequantize_groupwise(q, qp)
+    ref = x @ deq.T + b
+    y = layer(x)
+    assert y.shape == (3, 5, 24) and y.dtype == torch.float32
+    # accuracy_level=4 rounds each block of activations to int8: within 2% of the largest output
+    assert float((y - ref).abs().max()) < 0.02 * float(ref.abs().max())
+
+
+def _kernel_bytes(layer):
+    return sum(t.numel() * t.element_size() for t in layer.buffers())
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, 32)])
+def test_quantize_weights_onnxruntime_matches_aten_program(tiny_llama, bits, group_size):
+    pytest.importorskip("onnxruntime")
+    import copy
+    import pickle
+    from nbopt.quantization.weight_only import MatMulNBitsLinear
+    model, x = tiny_llama
+    snap = Untouched(model)
+    aten = quantize_weights(model, bits, group_size, progress=False)
+    ort = quantize_weights(model, bits, group_size, kernel="onnxruntime", progress=False)
+    snap.assert_unchanged()
+    assert ort.kernel == "onnxruntime" and sorted(ort.layers) == sorted(aten.layers)
+    expect = 0
+    for name in ort.layers:
+        layer, n, k = ort.model.get_submodule(name), *model.get_submodule(name).weight.shape
+        assert isinstance(layer, MatMulNBitsLinear) and layer.weight.dtype == torch.uint8
+        blocks = -(-k // layer.block_size)
+        # codes (1 byte per int8 code, half for int4) + fp32 scales + zero points (1 or 1/2 byte) per block
+        expect_layer = n * k * bits // 8 + n * blocks * 4 + n * (blocks if bits == 8 else -(-blocks // 2))
+        assert _kernel_bytes(layer) == expect_layer
+        expect += expect_layer
+    float_rest = ort.fp32_bytes - sum(model.get_submodule(n).weight.numel() * 4 for n in ort.layers)  # no biases
+    assert ort.size_bytes == expect + float_rest
+    ya, yo = aten.model(x).logits.detach(), ort.model(x).logits.detach()
+    scale = float(ya.abs().max())
+    assert float((ya - yo).abs().max()) < 0.05 * scale  # bf16 activations (aten) vs int8 blocks (onnxruntime)
+    assert float((ya.argmax(-1) == yo.argmax(-1)).float().mean()) >= 0.9
+    twin = copy.deepcopy(ort.model)  # the sessions are not copied: rebuilt on first use
+    assert torch.equal(twin(x).logits.detach(), yo)
+    assert torch.equal(pickle.loads(pickle.dumps(ort.model))(x).logits.detach(), yo)
+
+
+def test_quantize_weights_auto_times_both_kernels(tiny_llama):
+    pytest.importorskip("onnxruntime")
+    from nbopt.quantization.weight_only import Int4WeightOnlyLinear, MatMulNBitsLinear
+    model, x = tiny_llama
+    r = quantize_weights(model, 4, 32, kernel="auto", progress=False)
+    assert r.kernel in ("aten", "onnxruntime")
+    cls = MatMulNBitsLinear if r.kernel == "onnxruntime" else Int4WeightOnlyLinear
+    assert all(isinstance(r.model.get_submodule(n), cls) for n in r.layers)
+    assert r.notes[0].startswith(f"kernel='auto' picked {r.kernel}: ") and "ms per token" in r.notes[0]
+
+
+def test_demo_lm_onnxruntime_int8_greedy_tokens(demo_lm):
+    pytest.importorskip("onnxruntime")
+    lm, model, _ = demo_lm
+    ids = lm.example_input()[:1, :32]
+    ort = quantize_weights(model, 8, kernel="onnxruntime", progress=False).model
+
+    @torch.no_grad()
+    def greedy(m, n=16):
+        seq = ids
+        for _ in range(n):
+            seq = torch.cat([seq, m(seq).logits[:, -1:].argmax(-1)], 1)
+        return seq[0, ids.shape[1]:].tolist()
+    assert greedy(ort) == greedy(model)  # int8 weights and int8 activation blocks keep the greedy text
+    assert abs(lm.perplexity(ort, chunks=CHUNKS) / lm.perplexity(model, chunks=CHUNKS) - 1) < 0.01

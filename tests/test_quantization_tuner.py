@@ -7,6 +7,7 @@ from pandas.testing import assert_frame_equal
 
 import nbopt
 from nbopt import demo
+from tests.conftest import Untouched
 from tests.snapshot import same_state, state_fingerprint
 from nbopt.quantization.tuner import QuantTuner
 
@@ -89,3 +90,58 @@ def test_model_untouched_and_bad_input(model, calib):
     with pytest.raises(nbopt.NboptError, match="calibration data"):
         QuantTuner(model, None)
     assert tuner.set().accuracy is None
+
+
+# ---------------------------------------------------------------- language models: GPTQ rounding, LM metrics
+@pytest.fixture(scope="module")
+def lm_setup():
+    pytest.importorskip("transformers")
+    from nbopt.demo import lm
+
+    model = lm.load()
+    calib = lm.calibration_data(n=16)
+    return model, calib, QuantTuner(model, calib)
+
+
+def test_lm_tuner_metrics_and_gptq_weights(lm_setup):
+    """GPTQ in the tuner: each layer's weights are the paper's update rule on the fp32 Hessians (gptq_quantize),
+    dequantized; they agree with fp32 better than round-to-nearest at the same 4-bit groups of 32."""
+    from nbopt.layers import weighted_layers
+    from nbopt.quantization.gptq import collect_hessians, gptq_quantize
+    from nbopt.quantization.observers import dequantize_groupwise, sqnr_db
+
+    model, calib, tuner = lm_setup
+    snap = Untouched(model)
+    assert tuner.language_model and tuner.gptq_supported
+    rtn = tuner.set(weight_bits=4, act_bits=None, granularity="per_group32")
+    assert set(rtn.fidelity) >= {"top1_agreement", "kl_div"} and rtn.method == "rtn"
+    gptq = tuner.set(weight_bits=4, act_bits=None, granularity="per_group32", method="gptq")
+    assert gptq.method == "gptq" and tuner.method == "gptq"
+    assert gptq.fidelity["top1_agreement"] > rtn.fidelity["top1_agreement"]  # measured 97.9% vs 94.6% (n=32)
+    assert gptq.fidelity["kl_div"] < rtn.fidelity["kl_div"]
+    name = "model.layers.1.mlp.down_proj"
+    fp32 = weighted_layers(model)
+    H = collect_hessians(model, fp32, calib, progress=False)[name]
+    codes, qp = gptq_quantize(fp32[name].weight.detach().float(), H, 4, 32, symmetric=True)
+    expected = dequantize_groupwise(codes, qp)
+    assert torch.equal(tuner.model.get_submodule(name).weight, expected)
+    assert gptq.report.loc[name, "weight_sqnr_db"] == sqnr_db(fp32[name].weight, expected)
+    assert gptq.report.loc[name, "granularity"] == "per_group"
+    again = tuner.set(weight_bits=4, act_bits=None, granularity="per_group32", method="gptq")  # cached codes
+    assert again.fidelity == gptq.fidelity
+    per_channel = tuner.set(weight_bits=4, act_bits=None, granularity="per_channel", method="gptq")
+    assert set(per_channel.report["granularity"]) == {"per_channel"}
+    assert "\n" not in repr(gptq) and "gptq" in repr(gptq)
+    snap.assert_unchanged()
+
+
+def test_gptq_refused_where_it_does_not_apply(lm_setup, model, calib):
+    _, _, tuner = lm_setup
+    with pytest.raises(nbopt.NboptError, match="per_channel"):
+        tuner.set(weight_bits=4, granularity="per_tensor", method="gptq")
+    with pytest.raises(nbopt.NboptError, match="method='nope'"):
+        tuner.set(method="nope")
+    cnn = QuantTuner(model, calib)
+    assert not cnn.language_model and not cnn.gptq_supported
+    with pytest.raises(nbopt.NboptError, match="conv"):
+        cnn.set(method="gptq")

@@ -98,7 +98,7 @@ def test_other_study_in_same_storage_is_refused(model, x, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"objectives": ("speed",)}, "objectives"), ({"engine": "spark"}, "engine"), ({"engine": "ray"}, "dask"),
-    ({"evaluate": None}, "evaluate"), ({"constraints": {"latency": 1}}, "constraints"),
+    ({"evaluate": None}, "evaluate"), ({"constraints": {"latency": 1}}, "constraints"), ({"n_workers": 0}, "n_workers"),
 ])
 def test_errors(model, x, tmp_path, kwargs, match):
     args = dict(calib=demo.calibration_data(64), evaluate=demo.evaluate, space=SPACE, n_trials=1,

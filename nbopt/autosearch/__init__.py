@@ -1,4 +1,5 @@
-"""Compression search: Optuna studies over pruning, precision and recovery, on this process or a dask cluster."""
+"""Compression search: Optuna studies over pruning, precision and recovery, in this process, in local worker
+processes or on a dask cluster."""
 from __future__ import annotations
 
 from .api import search

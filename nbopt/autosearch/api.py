@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import InputError, InputTypeError, PartialResultWarning
 from ..inputs import check_device, check_module
 from .build import TIMING_NOTE, latency_ms, measure_config
-from .engine import Job, check_engine, run_dask, run_trials
+from .engine import Budget, Job, check_engine, run_here
 from .result import SearchResult, pareto, trials_frame
 from .space import Config, SearchSpace, default_space
 from .study import check_objectives, fingerprint, open_study, storage_url
@@ -22,7 +22,7 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
            objectives: tuple[str, ...] | str = ("latency", "accuracy"),
            constraints: dict[str, float] | None = None, space: SearchSpace | None = None, n_trials: int = 20,
            storage: Any = None, study_name: str = "nbopt-search", engine: str = "local", address: str | None = None,
-           n_workers: int = 2, train_data: Any = None, recover_epochs: int = 2, seed: int | None = 0,
+           n_workers: int | None = None, train_data: Any = None, recover_epochs: int = 2, seed: int | None = 0,
            n_startup: int = 8, repeat: int = 20, references: bool = True,
            callback: Callable[[Any], None] | None = None) -> SearchResult:
     """Search compression settings of ``model``; every trial is built and measured, and stored as it finishes.
@@ -36,12 +36,17 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
 
     ``storage``: an SQLite file path (default ``./nbopt_search.db``), a database URL, or a ``.log`` journal file;
     calling again with the same storage and ``study_name`` continues the study (``n_trials`` more). ``engine``:
-    "local" (this process) or "dask" (a LocalCluster of ``n_workers`` processes, or the cluster at ``address``).
+    "local" runs trials on this machine: in this process when ``n_workers`` is None or 1 (the default: no
+    start-up, nothing pickled), else in ``n_workers`` spawned worker processes sharing the storage (the job is
+    pickled with cloudpickle, installed with dask, so an ``evaluate`` defined in the notebook works); "dask" runs one trial loop per
+    worker of a LocalCluster of ``n_workers`` processes (default 2), or of the cluster at ``address``. Either way
+    exactly ``n_trials`` trials finish (the budget is the storage's trial count): a trial lost with a killed worker
+    is stored as FAIL (user attr ``lost``) and replaced, and ``result.engine`` says where trials ran.
     Interrupting (the stop button) keeps every finished trial and returns them with a PartialResultWarning.
     """
     check_module(model)
     check_device(model, example_input)
-    check_engine(engine)
+    check_engine(engine, n_workers)
     objs = check_objectives(objectives)
     if evaluate is not None and not callable(evaluate):
         raise InputTypeError(f"evaluate must be a function model -> accuracy, got {type(evaluate).__name__}")
@@ -58,6 +63,7 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
     space = space or default_space(model, example_input, calib, recover=train_data is not None)
     url = storage_url(storage)
     study = open_study(url, study_name, objs, fingerprint(model, space, objs, constraints), seed, n_startup)
+    since = len(study.trials)  # this call's budget: n_trials trials numbered from here (the enqueued one too)
     if not study.trials and n_trials:
         study.enqueue_trial(space.uncompressed(), user_attrs={"enqueued": "uncompressed model (trial 0)"})
     base = float(evaluate(model)) if evaluate is not None else math.nan
@@ -66,12 +72,18 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
     result = SearchResult(trials_frame(study), None, objs, url, study_name, space, base)  # type: ignore[arg-type]
     before = len(result.trials)
     try:
-        if engine == "local":
-            result.engine = {"engine": "local", "workers": 1}
-            run_trials(job, url, study_name, n_trials, seed, n_startup, callback)
+        budget = Budget(url, study_name, since, n_trials)
+        if engine == "local" and (n_workers or 1) == 1:
+            result.engine = run_here(job, budget, seed, n_startup, callback)
+        elif engine == "local" and n_trials:
+            from .processes import run_processes
+
+            result.engine = run_processes(job, budget, seed, n_startup, n_workers=n_workers, callback=callback)
         elif n_trials:
-            result.engine = run_dask(job, url, study_name, n_trials, seed, n_startup, address=address,
-                                     n_workers=n_workers, callback=callback, study=study)
+            from .cluster import run_dask
+
+            result.engine = run_dask(job, budget, seed, n_startup, address=address, n_workers=n_workers or 2,
+                                     callback=callback)
     except KeyboardInterrupt:
         result.partial = True
         warnings.warn("search interrupted: every finished trial is kept in the study's storage; call search() "

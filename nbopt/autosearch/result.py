@@ -1,7 +1,6 @@
 """``SearchResult``: every trial as a DataFrame, the Pareto front, ``plot()`` and ``build(trial)``."""
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from .space import SearchSpace, config_from_params
 from .study import OBJECTIVES
 
 ATTR_COLUMNS = ("accuracy", "accuracy_drop", "latency_ms", "latency_q1_ms", "latency_q3_ms", "size_bytes", "params",
-                "build_s", "timing_wait_s", "timing_noisy", "pid")
+                "build_s", "timing_wait_s", "timing_noisy", "pid", "error", "lost")
 
 
 def trials_frame(study: Any) -> pd.DataFrame:
@@ -22,6 +21,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         row = {"trial": t.number, "state": t.state.name}
         row.update({k: t.user_attrs.get(k, math.nan) for k in ATTR_COLUMNS})
+        if t.state.name == "FAIL" and "ended" not in t.user_attrs and "lost" not in t.user_attrs:
+            row["lost"] = "stale heartbeat: its worker stopped"  # failed by optuna.storages.fail_stale_trials
         row["feasible"] = t.state.name == "COMPLETE" and float(t.user_attrs.get("constraint", 0.0)) <= 0
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -107,12 +108,17 @@ class SearchResult:
     def __repr__(self) -> str:
         n = int((self.trials["state"] == "COMPLETE").sum()) if len(self.trials) else 0
         notes = "".join(f"\n{m}" for m in self.notes)
+        from ..display.frames import text_table  # front-end imported on demand
+
         return (f"SearchResult({n} finished trials of {len(self.trials)}, front {len(self.front)}, "
-                f"objectives {self.objectives}, storage {self.storage!r})\n" + self.front.to_string() + notes)
+                f"objectives {self.objectives}, storage {self.storage!r})\n"
+                + text_table(self.front, max_rows=10, where=".front") + notes)
 
     def _repr_html_(self) -> str:
-        notes = "".join(f"<p class='nbopt-note'>{html.escape(m)}</p>" for m in self.notes)
-        return self.front.to_html(float_format=lambda v: f"{v:.4g}") + notes
+        from ..display.frames import html_table
+        from ..display.results import notes_html
+
+        return html_table(self.front, where="`.front`") + notes_html(self.notes)
 
 
 def default_model_hint(model: nn.Module) -> str:

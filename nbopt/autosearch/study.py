@@ -66,7 +66,7 @@ def _new_storage(url: str) -> Any:
 
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; they make dead trials FAIL
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5, grace_period=20)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5, grace_period=60)
 
 
 def sampler(seed: int | None, n_startup: int) -> Any:

@@ -73,17 +73,14 @@ class ExportResult:
         return row
 
     def __repr__(self) -> str:
-        lat = ""
-        if self.latency:
-            rt, eager = self.latency["runtime"], self.latency["eager"]
-            lat = (f", {self.runtime} {self.latency_ms:.3f} ms (IQR {rt['q1_ms']:.3g}-{rt['q3_ms']:.3g}) vs eager "
-                   f"{self.eager_latency_ms:.3f} ms (IQR {eager['q1_ms']:.3g}-{eager['q3_ms']:.3g}), speedup "
-                   f"{self.speedup_spread.describe()}" + (", NOISY" if self.noisy else ""))
-        elif self.latency_ms == self.latency_ms:
-            lat = f", {self.runtime} {self.latency_ms:.3f} ms vs eager {self.eager_latency_ms:.3f} ms"
-        note = f"\n{self.latency_note}" if self.latency_note else ""
-        return (f"ExportResult({self.format} -> {self.path}, {self.file_bytes / 1e6:.2f} MB, "
-                f"{len(self.operators)} operator types, max_abs_diff={self.max_abs_diff:.2e}{lat}){note}")
+        from ..display.results import export_text  # front-end imported on demand
+
+        return export_text(self)
+
+    def _repr_html_(self) -> str:
+        from ..display.results import export_html
+
+        return export_html(self)
 
 
 # ---------------------------------------------------------------- the format registry

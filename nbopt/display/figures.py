@@ -71,7 +71,7 @@ def plot_threads(df: pd.DataFrame, ax: Any = None) -> Any:
     twin.set_ylabel("speedup vs first", color="tab:orange")
     ax.set_title("latency per thread count")
     fig.tight_layout()
-    return fig
+    return detached(fig) if ax is None else fig
 
 
 def _iqr_err(df: pd.DataFrame, prefix: str, suffix: str = "_ms") -> Any:
@@ -98,7 +98,7 @@ def plot_pipeline(table: pd.DataFrame, ax: Any = None) -> Any:
     ax.set_ylabel("latency (ms, median; bars: IQR)")
     ax.set_title("optimize: latency per step")
     fig.tight_layout()
-    return fig
+    return detached(fig) if ax is None else fig
 
 
 def sensitivity_matrix(df: pd.DataFrame, value: str = "drop") -> pd.DataFrame:
@@ -133,7 +133,7 @@ def plot_sensitivity(df: pd.DataFrame, value: str = "drop", ax: Any = None) -> A
     partial = " (partial: interrupted)" if df.attrs.get("partial") else ""
     ax.set_title(f"sensitivity per layer{partial}")
     fig.tight_layout()
-    return fig
+    return detached(fig) if ax is None else fig
 
 
 def plot_bars(df: pd.DataFrame, column: str, title: str) -> Any:
@@ -145,23 +145,67 @@ def plot_bars(df: pd.DataFrame, column: str, title: str) -> Any:
     ax.set_xlabel(column)
     ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return detached(fig)
 
 
-def plot_accuracy_history(history: pd.DataFrame, current: tuple[str, float, float] | None) -> Any:
-    """Accuracy vs sparsity for every setting explored so far, one line per mode, ``current`` (mode, sparsity,
-    accuracy) marked with a star (the PruningPanel's plot)."""
+#: One colour per series, the same in every redraw whatever was drawn before (PruningPanel modes and LM criteria,
+#: the search front). A name not listed gets a palette colour chosen from the name itself, never from the order.
+SERIES_COLOURS = {
+    "unstructured": "tab:blue", "unstructured per layer": "tab:cyan",
+    "structured": "tab:orange", "structured per layer": "tab:brown",
+    "magnitude": "tab:purple", "wanda": "tab:green",
+    "magnitude 2:4": "tab:pink", "wanda 2:4": "tab:olive", "magnitude 4:8": "tab:gray", "wanda 4:8": "darkgreen",
+    "current": "crimson",
+    "trials": "tab:gray", "over the accuracy budget": "tab:gray", "Pareto front": "tab:blue",
+    "fp32": "black", "optimize default": "tab:green",
+    "distill": "tab:green", "finetune": "tab:orange", "fine-tune": "tab:orange",
+}
+_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+PERCENT_MARGIN = 2.0  # percentage points of air around the data on an accuracy axis
+
+
+def series_colour(name: str) -> str:
+    """The fixed colour of series ``name`` (:data:`SERIES_COLOURS`, else a palette colour from its CRC)."""
+    import zlib
+
+    return SERIES_COLOURS.get(name) or _PALETTE[zlib.crc32(str(name).encode()) % len(_PALETTE)]
+
+
+def percent_limits(values: Any, margin: float = PERCENT_MARGIN) -> tuple[float, float]:
+    """y-limits of an axis in % (accuracy, agreement): the data's range with ``margin`` points (or a tenth of the
+    range) each side, clipped to [0, 100]; (0, 100) without finite data."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return 0.0, 100.0
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(margin, 0.1 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    return (lo, hi) if hi > lo else (max(0.0, hi - 2 * margin), hi)
+
+
+def plot_accuracy_history(history: pd.DataFrame, current: tuple[str, float, float] | None, *,
+                          ylabel: str = "accuracy (%)",
+                          xlabel: str = "sparsity (% of prunable weights removed)") -> Any:
+    """Accuracy vs sparsity for every setting explored so far, one line per mode (its colour fixed by
+    :func:`series_colour`), ``current`` (mode, sparsity, accuracy) marked with a star (the PruningPanel's plot).
+    ``accuracy`` is a fraction (drawn in %); the y-axis is :func:`percent_limits` of what is drawn."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for mode, rows in history.groupby("mode"):
+    ys = list(100 * history["accuracy"]) if len(history) else []
+    for mode, rows in history.groupby("mode", sort=True):
         rows = rows.sort_values("sparsity")
-        ax.plot(100 * rows["sparsity"], 100 * rows["accuracy"], "o-", ms=4, label=mode)
+        ax.plot(100 * rows["sparsity"], 100 * rows["accuracy"], "o-", ms=4, label=mode, color=series_colour(mode),
+                clip_on=False)
     if current is not None:
-        ax.plot(100 * current[1], 100 * current[2], "*", ms=16, color="crimson", label="current", zorder=5)
-    ax.set_xlabel("sparsity (% of prunable weights removed)")
-    ax.set_ylabel("accuracy (%)")
+        ax.plot(100 * current[1], 100 * current[2], "*", ms=16, color=series_colour("current"), label="current",
+                zorder=5, clip_on=False)
+        ys.append(100 * current[2])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(-2, 100)
+    ax.set_ylim(*percent_limits(ys))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    return fig
+    return detached(fig)

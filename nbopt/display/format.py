@@ -8,8 +8,6 @@ import pandas as pd
 
 from ..profiling.thop_engine import clever_format
 
-COUNT_COLUMNS = ("params", "macs", "flops", "params_total", "macs_total", "flops_total")
-BYTE_COLUMNS = ("out_bytes", "size_bytes")
 
 
 def readable(value: Any, fmt: str = "%.2f") -> str:
@@ -31,19 +29,8 @@ def readable_bytes(value: Any) -> str:
 
 
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
-    """A display copy with readable units (the Profile's own DataFrame keeps raw numbers)."""
-    out = df.copy()
-    for col in out.columns:
-        if col in COUNT_COLUMNS:
-            out[col] = out[col].map(readable)
-        elif col in BYTE_COLUMNS:
-            out[col] = out[col].map(readable_bytes)
-        elif col == "share" or col.endswith("_share"):
-            out[col] = out[col].map(lambda v: f"{100 * v:.1f}%" if pd.notna(v) else "")
-        elif col.endswith("_ms"):
-            out[col] = out[col].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
-        elif col in ("gflops_per_s", "intensity"):
-            out[col] = out[col].map(lambda v: f"{v:.2f}" if pd.notna(v) and math.isfinite(v) else "")
-    return out
+    """A display copy with readable units (the Profile's own DataFrame keeps raw numbers): the units of
+    :func:`nbopt.display.frames.format_frame`, the one place that decides them."""
+    from .frames import format_frame  # frames builds on this module's formatters
 
-
+    return format_frame(df)

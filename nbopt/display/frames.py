@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Callable, Mapping
+import numbers
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .format import readable, readable_bytes
@@ -25,9 +27,15 @@ _FRACTION_NAMES = {"share", "sparsity", "accuracy", "top1", "top1_agreement", "a
                    "accuracy_drop", "kept"}
 
 
-def kind_of(column: str) -> str:
-    """The display kind of a column, from its name (``macs`` -> count, ``size_bytes`` -> bytes, ...)."""
+def kind_of(column: Any) -> str:
+    """The display kind of a column, from its name (``macs`` -> count, ``size_bytes`` -> bytes, ...).
+
+    A quartile's name reads as its quantity (``speedup_q1`` -> ratio); a ``*_vs_first`` column is a ratio."""
     c = str(column).lower()
+    if c.endswith(("_q1", "_q3")):
+        c = c[:-3]
+    if c.endswith("_vs_first"):
+        return "ratio"
     if c in _COUNT_NAMES or c.endswith(("_params", "_macs", "_flops")):
         return "count"
     if c.endswith("bytes") or c in ("size", "file_size"):
@@ -77,7 +85,12 @@ def _fraction(v: float) -> str:
 
 
 def _ratio(v: float) -> str:
-    return f"{v:.2f}x" if math.isfinite(v) else ""
+    """``3.36x``, ``459x``, ``0.0022x``: two decimals near 1, else 2-3 significant digits."""
+    if not math.isfinite(v):
+        return ""
+    if 0.1 <= abs(v) < 10 or v == 0:
+        return f"{v:.2f}x"
+    return f"{number(v, 3 if abs(v) >= 10 else 2)}x"
 
 
 def _db(v: float) -> str:
@@ -94,21 +107,28 @@ def format_value(v: Any, kind: str) -> str:
     """One cell as text; NaN and None are blank, strings pass through."""
     if _blank(v):
         return ""
-    if isinstance(v, str) or not isinstance(v, (int, float)) or isinstance(v, bool):
+    if isinstance(v, str) or not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
         return str(v)
-    return FORMATTERS[kind](v)
+    return FORMATTERS[kind](float(v) if not isinstance(v, numbers.Integral) else int(v))
 
 
-def format_frame(df: pd.DataFrame, kinds: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """A display copy of ``df``: every cell a string in its column's units (``kinds`` overrides the names)."""
+def format_frame(df: pd.DataFrame, kinds: Mapping[str, str] | None = None, *, by_rows: bool = False) -> pd.DataFrame:
+    """A display copy of ``df``: every cell a string in its column's units (``kinds`` overrides the names).
+
+    ``by_rows``: a before/after table whose rows are the metrics (``params``, ``latency_ms``): a cell's kind is
+    its row's (``kinds`` by row label), except in a column whose own name has a kind (``ratio``)."""
     kinds = dict(kinds or {})
     bad = {k: v for k, v in kinds.items() if v not in KINDS}
     if bad:
         raise ValueError(f"unknown display kinds {bad}; use one of {KINDS}")
-    out = df.copy()
-    for col in out.columns:
-        kind = kinds.get(col, kind_of(col))
-        out[col] = [format_value(v, kind) for v in out[col]]
+    out = pd.DataFrame(index=df.index, columns=df.columns, dtype=object)
+    for j, col in enumerate(df.columns):
+        own = kinds.get(col, kind_of(col))
+        if by_rows and own == "number":
+            cells = [format_value(v, kinds.get(row, kind_of(row))) for row, v in zip(df.index, df.iloc[:, j])]
+        else:
+            cells = [format_value(v, own) for v in df.iloc[:, j]]
+        out.iloc[:, j] = cells
     return out
 
 
@@ -122,21 +142,90 @@ def more_rows_text(hidden: int, where: str) -> str:
     return f"+{hidden} more rows — {where} has them all" if hidden else ""
 
 
+def more_columns_text(hidden: Sequence[Any], where: str) -> str:
+    """``+3 more columns (latency_q1_ms, latency_q3_ms, depth) — .shown() has them all``."""
+    if not hidden:
+        return ""
+    names = ", ".join(map(str, list(hidden)[:4])) + (", …" if len(hidden) > 4 else "")
+    return f"+{len(hidden)} more column{'s' if len(hidden) > 1 else ''} ({names}) — {where} has them all"
+
+
+def _more_html(text: str) -> str:
+    return (f"<div class='nbopt-more' style='color:var(--jp-ui-font-color2,#666);font-size:90%'>"
+            f"{html.escape(text)}</div>") if text else ""
+
+
 def html_table(df: pd.DataFrame, *, kinds: Mapping[str, str] | None = None, max_rows: int | None = MAX_ROWS,
-               where: str = "`.table`", caption: str | None = None, index: bool = True) -> str:
+               where: str = "`.table`", caption: str | None = None, index: bool = True,
+               by_rows: bool = False) -> str:
     """The notebook HTML of a table: readable units, at most ``max_rows`` rows, a horizontal scroll box."""
     shown, hidden = _clip(df, max_rows)
-    body = format_frame(shown, kinds).to_html(escape=True, border=0, index=index, na_rep="",
-                                              classes="nbopt-table")
+    body = format_frame(shown, kinds, by_rows=by_rows).to_html(escape=True, border=0, index=index, na_rep="",
+                                                               classes="nbopt-table")
     cap = f"<div class='nbopt-caption'><b>{html.escape(caption)}</b></div>" if caption else ""
-    more = (f"<div class='nbopt-more' style='color:var(--jp-ui-font-color2,#666);font-size:90%'>"
-            f"{html.escape(more_rows_text(hidden, where))}</div>") if hidden else ""
+    more = _more_html(more_rows_text(hidden, where))
     return (f"{cap}<div class='nbopt-scroll' style='overflow-x:auto;max-width:100%'>{body}</div>{more}")
 
 
 def text_table(df: pd.DataFrame, *, kinds: Mapping[str, str] | None = None, max_rows: int | None = MAX_ROWS,
-               where: str = ".table", index: bool = True) -> str:
-    """The terminal text of a table, in the same units as :func:`html_table`."""
+               where: str = ".table", index: bool = True, by_rows: bool = False,
+               line_width: int | None = None) -> str:
+    """The terminal text of a table, in the same units as :func:`html_table` (wrapped at ``line_width``
+    characters, pandas' ``display.width`` by default)."""
     shown, hidden = _clip(df, max_rows)
-    text = format_frame(shown, kinds).to_string(index=index)
+    width = line_width if line_width is not None else pd.get_option("display.width")
+    text = format_frame(shown, kinds, by_rows=by_rows).to_string(index=index, line_width=width)
     return text + (f"\n{more_rows_text(hidden, where)}" if hidden else "")
+
+
+# ---------------------------------------------------------------- nbopt.table.Table's own display
+
+
+def _view_columns(table: pd.DataFrame, wanted: Sequence[str] | None) -> tuple[list[Any], list[Any]]:
+    """(shown, hidden) columns for a view: ``wanted`` in its order where present and not all NaN (those are
+    named with the hidden ones); every column when ``wanted`` is None, names none present, or the table has only
+    a few columns (a selection the user made)."""
+    cols = list(table.columns)
+    if wanted is None or len(cols) <= 6:
+        return cols, []
+    present = [c for c in wanted if c in cols]
+    shown = [c for c in present if not table[c].isna().all()]  # a column with nothing measured says nothing
+    if not shown:
+        return cols, []
+    return shown, [c for c in cols if c not in shown]
+
+
+def _note(table: pd.DataFrame) -> str:
+    note = table.attrs.get("note") if isinstance(getattr(table, "attrs", None), dict) else None
+    return note if isinstance(note, str) else ""
+
+
+def _plain(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(table, copy=False)
+
+
+def table_html(table: Any, *, note: bool = True) -> str:
+    """The notebook HTML of an :class:`nbopt.table.Table`: its view's columns and rows, then its note
+    (``.attrs["note"]``; ``note=False`` leaves it to the caller)."""
+    view = table.view
+    shown, hidden = _view_columns(table, view.columns)
+    plain = _plain(table)[shown]
+    body = html_table(plain, kinds=view.kinds, max_rows=view.max_rows, where="`.shown(max_rows=None)`",
+                      caption=view.caption or None, by_rows=view.by_rows)
+    cols = _more_html(more_columns_text(hidden, "`.shown()`"))
+    note = _note(table) if note else ""
+    warn = f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(note)}</p>" if note else ""
+    return f"<div class='nbopt-frame'>{body}{cols}{warn}</div>"
+
+
+def table_text(table: Any) -> str:
+    """The terminal text of an :class:`nbopt.table.Table`: its view's brief columns, at most its rows, pointers to
+    the rest, its note."""
+    view = table.view
+    shown, hidden = _view_columns(table, view.brief if view.brief is not None else view.columns)
+    lines = [view.caption] if view.caption else []
+    lines.append(text_table(_plain(table)[shown], kinds=view.kinds, max_rows=view.max_rows,
+                            where=".shown(max_rows=None)", by_rows=view.by_rows))
+    more = more_columns_text(hidden, ".shown()")
+    note = _note(table)
+    return "\n".join(lines + ([more] if more else []) + ([note] if note else []))

@@ -1,21 +1,18 @@
 """``%export MODEL INPUT --format onnx --path file.onnx``: parse, call :func:`nbopt.export`, display."""
 from __future__ import annotations
 
-import pandas as pd
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import HTML, display
 
 from ..deployment.export import FORMATS, ExportResult, export
+from ..display.results import export_html
 from .common import evaluate, parse, store, usage_errors
 
 
 def result_html(result: ExportResult) -> str:
-    """Summary table and operator counts of one export."""
-    summary = pd.DataFrame([result.summary()]).T.rename(columns={0: ""})
-    ops = pd.DataFrame(sorted(result.operators.items(), key=lambda kv: -kv[1]), columns=["operator", "count"])
-    return (f"<b>exported to {result.path}</b>{summary.to_html()}"
-            f"<details><summary>{len(ops)} operator types</summary>{ops.to_html(index=False)}</details>")
+    """Summary table and operator counts of one export (through nbopt.display)."""
+    return export_html(result)
 
 
 @magics_class
@@ -33,9 +30,10 @@ class ExportMagics(Magics):
     @argument("model", help="the model variable")
     @argument("inputs", help="example input expression, e.g. x or torch.randn(1, 3, 224, 224)")
     @line_magic
-    def export(self, line: str = "") -> ExportResult:
+    def export(self, line: str = "") -> None:
         """Export MODEL on INPUTS to ONNX, TorchScript or ExecuTorch; shows file size, max |diff| in the
-        runtime, latency beside eager PyTorch and the operator list.
+        runtime, latency beside eager PyTorch and the operator list. ``-o NAME`` stores the ExportResult
+        (``NAME.path``, ``NAME.summary()``).
 
         Example: ``%export model x --format onnx --path model.onnx``
         """
@@ -46,5 +44,4 @@ class ExportMagics(Magics):
             result = export(model, inputs, args.format, args.path, opset=args.opset, check=not args.no_check,
                             latency=not (args.no_check or args.no_latency))
         store(self.shell, args.output, result)
-        display(HTML(result_html(result)))
-        return result
+        display(HTML(result_html(result)))  # shown once: the magic returns nothing (``-o NAME`` keeps the result)

@@ -6,8 +6,9 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from IPython.display import display
+from IPython.display import HTML, display
 
+from ..display.results import prune_html
 from ..distillation import RECOVERY_METHODS, recover
 from ..errors import describe_exception
 from ..pruning import prune
@@ -60,7 +61,7 @@ class PruneMagics(Magics):
     @argument("-o", "--output", default=None, metavar="NAME", help="store the PruneResult in variable NAME")
     @line_magic
     def prune(self, line: str = "") -> None:
-        """Prune a copy of MODEL and show the per-layer report and the before/after summary.
+        """Prune a copy of MODEL and show the before/after summary and the per-layer report.
 
         Unstructured pruning zeroes the smallest-magnitude weights (same size and speed on dense kernels);
         --structured removes whole channels so the model really gets smaller and faster. The pruned model
@@ -102,8 +103,7 @@ class PruneMagics(Magics):
                 result.setting["recover"] = {"method": opts.recover, "epochs": opts.epochs}
         if eval_fn is not None:
             result.summary.loc["eval"] = self._scores(eval_fn, model, result.model)
-        display(result.report)
-        display(result.summary)
+        display(HTML(prune_html(result)))  # the summary, the notes, the per-layer report (folded)
         store(self.shell, opts.output, result)
 
     @staticmethod

@@ -233,3 +233,39 @@ def table_html(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None
 def percent(value: Any) -> str:
     return "" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
 
+
+
+# ---------------------------------------------------------------- layout (ipywidgets 8), shared by the panels
+#: descriptions take their natural width (no "Measure sensit…"), never a fixed pixel box
+LABEL_STYLE = {"description_width": "initial"}
+SLIDER_WIDTH = "440px"  # with an "initial"-width description and the readout, the track keeps >= ~250 px
+
+
+def slider_layout(width: str = SLIDER_WIDTH) -> widgets.Layout:
+    """A slider's own ``Layout`` (never share one: panels hide one slider at a time): fixed width that a flex
+    row never shrinks."""
+    return widgets.Layout(width=width, min_width=width, flex="0 0 auto")
+
+
+def button_layout(label: str, *, icon: bool = True) -> widgets.Layout:
+    """A button's ``Layout`` wide enough for ``label`` (and its icon) in JupyterLab's UI font, never shrunk."""
+    px = f"{max(100, 8 * len(label) + (44 if icon else 28))}px"
+    return widgets.Layout(width=px, min_width=px, flex="0 0 auto")
+
+
+def row(*children: widgets.Widget, **layout: Any) -> widgets.HBox:
+    """A flex row whose children wrap onto the next line in a narrow notebook instead of being squashed."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap", align_items="center",
+                                                              **layout))
+
+
+def column(*children: widgets.Widget, **layout: Any) -> widgets.VBox:
+    """A flex column (``layout``: e.g. ``width``, ``flex``)."""
+    return widgets.VBox(list(children), layout=widgets.Layout(**layout))
+
+
+def table_widget(css_class: str = "nbopt-table") -> widgets.HTML:
+    """An HTML slot for :func:`nbopt.display.frames.html_table`, in JupyterLab's own table style (the
+    ``jp-RenderedHTMLCommon`` class: thin rules, striped rows; also in Voila)."""
+    return widgets.HTML(layout=widgets.Layout(max_width="100%", overflow="auto")).add_class(css_class) \
+        .add_class("jp-RenderedHTMLCommon")

@@ -16,9 +16,11 @@ from torch import nn
 from ..display.search_figures import plot_front
 from ..errors import InputTypeError
 from ..inputs import check_module
-from .common import Panel, figure_widget, show_figure, table_html
+from ..display.frames import html_table
+from .common import LABEL_STYLE, Panel, button_layout, column, figure_widget, row, show_figure, table_widget
 
 SHOWN = ["accuracy", "accuracy_drop", "latency_ms", "size_bytes", "params"]
+LEFT_WIDTH = "440px"  # the controls' column; the front plot takes the rest and wraps below when narrow
 
 
 class SearchPanel(Panel):
@@ -43,21 +45,30 @@ class SearchPanel(Panel):
         self.built: nn.Module | None = None
         self.figure: Any = None
         self.draws = 0  # how many times the front was drawn (once per finished trial while running)
-        self.trials = widgets.IntText(value=n_trials, description="trials", layout=widgets.Layout(width="160px"))
-        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.point = widgets.Dropdown(options=[], description="front point", layout=widgets.Layout(width="420px"))
-        self.build_button = widgets.Button(description="Build", button_style="success", icon="cogs")
+        self.trials = widgets.IntText(value=n_trials, description="trials", style=LABEL_STYLE,
+                                      layout=widgets.Layout(width="160px", min_width="160px"))
+        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play",
+                                         tooltip="run this many more trials into the study",
+                                         layout=button_layout("Run"))
+        self.point = widgets.Dropdown(options=[], description="front point", style=LABEL_STYLE,
+                                      layout=widgets.Layout(width=LEFT_WIDTH, min_width="300px"))
+        self.build_button = widgets.Button(description="Build", button_style="success", icon="cogs",
+                                           tooltip="rebuild the picked front point -> panel.built",
+                                           layout=button_layout("Build"))
         self.progress = widgets.HTML("").add_class("nbopt-search-progress")
-        self.settings = widgets.HTML("").add_class("nbopt-search-settings")
-        self.front_table = widgets.HTML("").add_class("nbopt-table")
+        self.settings = table_widget("nbopt-search-settings")
+        self.front_table = table_widget("nbopt-table")
         self.plot = figure_widget()
+        self.plot.layout.width = "100%"
         self._init_panel(0)
         self.watch(self.point)
         self.on_click(self.run_button, self.run)
         self.on_click(self.build_button, self.build)
-        left = widgets.VBox([widgets.HBox([self.trials, self.run_button]), self.progress, self.point,
-                             self.build_button, self.settings, self.status])
-        self.widget = widgets.VBox([widgets.HBox([left, self.plot]), self.front_table]).add_class("nbopt-search-panel")
+        left = column(row(self.trials, self.run_button), self.progress, row(self.point, self.build_button),
+                      self.settings, self.status, width=LEFT_WIDTH, min_width=LEFT_WIDTH, flex="0 0 auto")
+        right = column(self.plot, flex="1 1 360px", min_width="360px", max_width="600px")
+        self.widget = widgets.VBox([row(left, right, width="100%"), self.front_table],
+                                   layout=widgets.Layout(width="100%")).add_class("nbopt-search-panel")
         self._first_update()
 
     # ------------------------------------------------------------------ actions
@@ -114,7 +125,8 @@ class SearchPanel(Panel):
         with self._debounced.hold():  # one update for the new options and value
             self.point.options = labels
             self.point.value = labels[0][1] if labels else None
-        self.front_table.value = table_html(r.front[[c for c in SHOWN if c in r.front]]) if len(r.front) else \
+        self.front_table.value = html_table(r.front[[c for c in SHOWN if c in r.front]], where="`panel.result.front`",
+                                            caption="Pareto front") if len(r.front) else \
             "<i>no feasible trial yet (none within the accuracy budget)</i>"
         self.update()
 
@@ -145,7 +157,7 @@ class SearchPanel(Panel):
                 **{f"bits {k}": v for k, v in cfg["bits"].items()}, "recovery": cfg["recover"]}
         df = pd.DataFrame({"setting": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="trial "
                                                                                       f"{self.point.value}"))
-        self.settings.value = table_html(df)
+        self.settings.value = html_table(df, kinds={"setting": "text"}, max_rows=None)
         self._draw(self.result.trials, self.result.front, self.result.objectives)
 
     def __repr__(self) -> str:

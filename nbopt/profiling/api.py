@@ -20,6 +20,7 @@ from ..errors import InputError, InputTypeError, NboptError, NoisyTimingWarning
 from ..inputs import (as_args, call, check_device, check_finite, check_module, describe_shapes, model_device,
                       on_meta)
 from ..model_state import preserved, size_bytes
+from ..table import Table, as_table
 from .attribution import ModuleNames
 from .aten_engine import count_aten
 from .calls import calls_table, copy_note, fresh, needs_copy
@@ -226,8 +227,11 @@ def profile_code(run: Callable[[], Any], *, name_for: Callable[[nn.Module], str 
     return prof, value
 
 
+COMPARE_BRIEF = ("params", "macs", "flops", "size_bytes", "latency_ms", "speedup_vs_first")  # a terminal's columns
+
+
 def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = True, warmup: int = 2,
-            repeat: int = 10) -> pd.DataFrame:
+            repeat: int = 10) -> Table:
     """Several model variants side by side on the same inputs: params, MACs, FLOPs, latency, size.
 
     Latencies are measured once, interleaved (A, B, A, B ...) so machine load affects all alike:
@@ -238,6 +242,9 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
     ``df.attrs`` keeps the ``timings`` and the speed-up ``ratios`` (:class:`~nbopt.timing.Ratio`), the
     machine's ``load``, ``noisy`` (a spread above :data:`~nbopt.timing.NOISY_SPREAD` or a busy machine) and a
     ``note`` saying so; a noisy measurement also warns (:class:`~nbopt.errors.NoisyTimingWarning`).
+
+    The result is a :class:`~nbopt.table.Table`: a DataFrame of raw numbers that a notebook shows in readable
+    units (every column, scrolling) and a terminal with the :data:`COMPARE_BRIEF` columns.
     """
     if not isinstance(models, Mapping) or not models:
         raise InputTypeError("models must be a non-empty dict {name: nn.Module}, e.g. {'plain': m1, 'dw-sep': m2}")
@@ -265,7 +272,7 @@ def compare(models: Mapping[str, nn.Module], inputs: Any, *, latency: bool = Tru
     if latency:
         _latency_columns(df, timings, load)
     df.index.name = "model"
-    return df
+    return as_table(df, brief=COMPARE_BRIEF)
 
 
 def _latency_columns(df: pd.DataFrame, timings: Mapping[str, timing.Timing], load: timing.MachineLoad) -> None:

@@ -9,10 +9,20 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputError, InputTypeError, NboptError, NoisyTimingWarning
+from ..table import Table, as_table
 from ..timing import NOISY_SPREAD, MachineLoad, Timing, noise_note
 
 ACCOUNTED = (0.8, 1.25)  # per-layer self latencies should add up to this share of the whole-model latency
 LATENCY_COLUMNS = ("latency_ms", "self_latency_ms", "gflops_per_s")  # rankings by these are timings
+# what a notebook / a terminal shows of a profile's tables (every column stays in the DataFrame)
+SHOWN = ("count", "type", "out_shape", "params", "macs", "flops", "share", "latency_ms", "self_latency_ms",
+         "out_bytes", "gflops_per_s")
+BRIEF = ("count", "type", "params", "macs", "flops", "share", "self_latency_ms")
+
+
+def profile_table(df: pd.DataFrame) -> Table:
+    """``df`` as a :class:`~nbopt.table.Table` that shows a profile's readable columns."""
+    return as_table(df, columns=SHOWN, brief=BRIEF)
 
 
 @dataclass
@@ -51,6 +61,10 @@ class Profile:
     load: MachineLoad | None = None
     notes: list[str] = field(default_factory=list)
     calls: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, Table):
+            self.table = profile_table(self.table)
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, **fields: Any) -> "Profile":
@@ -160,10 +174,13 @@ class Profile:
     def by_type(self) -> pd.DataFrame:
         """Totals grouped by layer type (own counts, so nothing is counted twice)."""
         cols = ["params", "macs", "flops", "self_latency_ms", "out_bytes"]
-        grouped = self.layers.groupby("type")[cols].sum()
-        grouped.insert(0, "count", self.layers.groupby("type").size())
+        layers = pd.DataFrame(self.layers)
+        grouped = layers.groupby("type")[cols].sum()
+        # a sum of timings none of which was measured is missing, not 0 ms
+        grouped["self_latency_ms"] = layers.groupby("type")["self_latency_ms"].sum(min_count=1)
+        grouped.insert(0, "count", layers.groupby("type").size())
         grouped["share"] = grouped["macs"] / self.total_macs if self.total_macs else 0.0
-        return grouped.sort_values("macs", ascending=False)
+        return profile_table(grouped.sort_values("macs", ascending=False))
 
     def at_depth(self, depth: int) -> pd.DataFrame:
         """The tree collapsed to ``depth`` levels: deeper modules fold into their ancestor's inclusive row."""

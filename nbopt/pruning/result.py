@@ -1,7 +1,6 @@
 """``prune()``: one-shot pruning with a before/after summary (params, MACs, size, measured latency)."""
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from torch import nn
 from ..errors import InputError, NboptError
 from ..inputs import as_args, forward_error
 from ..model_state import preserved, size_bytes
+from ..table import Table, as_table
 from ..timing import Pair, Ratio
 from . import heads as H
 from .pruner import Pruner
@@ -45,19 +45,14 @@ class PruneResult:
         return float(s.loc["latency_ms", "ratio"]) if "latency_ms" in s.index else math.nan
 
     def __repr__(self) -> str:
-        s = self.summary
-        lat = ""
-        if "latency_ms" in s.index:
-            spread = self.speedup_spread.describe() if self.speedup_spread else f"{self.speedup:.2f}x"
-            lat = f", latency {spread}" + (", NOISY" if self.noisy else "")
-        notes = "".join(f"\n{n}" for n in self.notes)
-        return (f"PruneResult({self.setting}, params {s.loc['params', 'ratio']:.2f}x, "
-                f"MACs {s.loc['macs', 'ratio']:.2f}x{lat}){notes}")
+        from ..display.results import prune_text  # front-end imported on demand
+
+        return prune_text(self)
 
     def _repr_html_(self) -> str:
-        notes = "".join(f"<p class='nbopt-note' style='color:#a15c00'>&#9888; {html.escape(n)}</p>"
-                        for n in self.notes)
-        return self.summary.to_html(float_format=lambda v: f"{v:,.4g}") + notes
+        from ..display.results import prune_html
+
+        return prune_html(self)
 
 
 def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None, threshold: float | None = None,
@@ -86,17 +81,19 @@ def prune(model: nn.Module, example_inputs: Any, *, amount: float | None = None,
 
 
 LATENCY_ROWS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_calls", "speedup_q1", "speedup_q3")
+SUMMARY_KINDS = {"nonzero_params": "count", "latency_calls": "number", "eval": "number"}  # by row (else by name)
 
 
 def summarize(before: nn.Module, after: nn.Module, example_inputs: Any, report: pd.DataFrame,
-              latency: bool = True, *, pair: Pair | None = None) -> pd.DataFrame:
+              latency: bool = True, *, pair: Pair | None = None) -> Table:
     """Rows params, nonzero params, MACs, effective MACs, size and the :data:`LATENCY_ROWS`; columns before,
     after, ratio.
 
     The latency rows come from one interleaved timing (``pair``, measured here when ``latency`` and not
     given): medians, quartiles and timed calls of both models; the ``ratio`` of ``latency_ms`` is the speedup
     and the ``speedup_q1``/``speedup_q3`` rows hold the quartiles of its per-round ratios (before/after NaN).
-    ``.attrs["noisy"]`` and ``.attrs["note"]`` carry the timing's noise check.
+    ``.attrs["noisy"]`` and ``.attrs["note"]`` carry the timing's noise check. A :class:`~nbopt.table.Table`
+    read by rows (raw numbers; shown in each row's units).
     """
     from ..profiling import profile
 
@@ -124,7 +121,7 @@ def summarize(before: nn.Module, after: nn.Module, example_inputs: Any, report: 
         df.loc[["latency_q1_ms", "latency_q3_ms", "latency_calls", "speedup_q1", "speedup_q3"], "ratio"] = [
             math.nan, math.nan, math.nan, r.q1, r.q3]
         df.attrs.update(noisy=pair.noisy, note=pair.note("latency speedup"))
-    return df
+    return as_table(df, by_rows=True, kinds=SUMMARY_KINDS, max_rows=None)
 
 
 def measure_pair(before: nn.Module, after: nn.Module, example_inputs: Any, *, repeat: int | None = None) -> Pair:

@@ -15,7 +15,9 @@ from ..timing import STEADY_BLOCK, STEADY_SETTLE_MS, Pair, compare, compare_pair
 from .calibration import first_input, reusable, run_batches
 from .backends import BUILDERS, Int8Program
 from .metrics import fidelity
-from .options import LAYER_KINDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names
+from .metrics import lower_is_better, score_name
+from .options import (LAYER_KINDS, MODES, QuantOptions, check_choice, check_finite_weights, check_layer_names,
+                      check_weight_only, group_granularity)
 from .report import layer_report
 from .result import QuantResult
 from .simulate import attach, calibrate, layer_qparams
@@ -25,9 +27,21 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_bits: int | None = 8,
-             granularity: str = "per_channel", symmetric: bool = True, observer: str = "minmax",
-             mode: str = "simulate", layer_bits: Mapping[str, int] | None = None,
+class _DefaultBits(int):
+    """``act_bits``'s default (8): an ``int`` that tells "not given" apart from an explicit 8 (weight-only refuses
+    the explicit one)."""
+
+    def __repr__(self) -> str:
+        return "8"
+
+
+_ACT_DEFAULT = _DefaultBits(8)
+
+
+def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_bits: int | None = _ACT_DEFAULT,
+             granularity: str = "per_channel", group_size: int | None = None, symmetric: bool | None = None,
+             observer: str = "minmax", mode: str = "simulate", method: str = "rtn",
+             layer_bits: Mapping[str, int] | None = None,
              evaluate: Callable[[nn.Module], float] | None = None, backend: str = "auto",
              percentile: float = 99.99, progress: bool = True, repeat: int = 20) -> QuantResult:
     """Quantize a copy of ``model`` and measure what it costs and gains; ``model`` is never modified.
@@ -38,21 +52,41 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
             is what fidelity and latency are measured on. Needed unless ``act_bits=None`` in simulate mode.
             It is read several times; a one-shot iterator (a generator) is read once into a list first, so
             all its batches are held in memory: pass a list or a DataLoader to avoid that.
-        weight_bits: bits of every Conv/linear-like weight (``Conv1D`` included), an integer 2-16 (8 for the int8 modes).
-        act_bits: bits of each layer's input activations (2-16), or None to keep them in float.
-        granularity: "per_channel" (one scale per output channel) or "per_tensor" weight scales.
-        symmetric: symmetric weight grid (zero point 0); activations are always asymmetric.
+        weight_bits: bits of every Conv/linear-like weight (``Conv1D`` included), an integer 2-16 (8 for the int8 modes;
+            8 or 4 for ``mode="weight_only"``).
+        act_bits: bits of each layer's input activations (2-16), or None to keep them in float (default 8;
+            ``mode="weight_only"`` keeps them in bfloat16 and refuses an explicit value other than None).
+        granularity: "per_channel" (one scale per output channel), "per_tensor", or "per_group32/64/128"
+            (one scale per group of that many input values of each output channel) weight scales.
+        group_size: 32, 64 or 128: group-wise weight scales (the same as ``granularity="per_group{N}"``);
+            None: per output channel. With ``mode="weight_only"`` and 4 bits it defaults to 128.
+        symmetric: symmetric weight grid (zero point 0); activations are always asymmetric. None (default):
+            symmetric, except 4-bit ``mode="weight_only"`` (asymmetric, as torchao's int4 weight-only).
         observer: how ranges are chosen: "minmax", "percentile" or "mse" (least squared error).
         mode: "simulate": fake quantization at any width (float compute: predicts accuracy, not faster);
-            "int8": real int8 kernels; "dynamic": int8 weights, activations quantized on the fly.
+            "int8": real int8 kernels; "dynamic": int8 weights, activations quantized on the fly;
+            "weight_only": real int8 (per channel) or int4 (group-wise) weights in every linear layer,
+            activations in bfloat16 (:func:`nbopt.quantization.weight_only.quantize_weights`: the language-model
+            path, bound by weight bytes when decoding).
+        method: how weight-only codes are found: "rtn" (round to nearest) or "gptq" (error-compensating; needs
+            ``calib``). ``mode="weight_only"`` only.
         layer_bits: per-layer weight bits by layer name, overriding ``weight_bits`` (simulate only).
-        evaluate: ``evaluate(model) -> accuracy``; when given, fp32 and quantized accuracy are reported.
+        evaluate: ``evaluate(model) -> score``; when given, the fp32 and quantized scores are in ``accuracy``
+            (an accuracy, or a perplexity such as ``nbopt.demo.lm.perplexity``: ``options["evaluate"]`` names it,
+            from the function's name, and ``options["lower_is_better"]`` says which way is better).
         backend: int8 runtime: "pt2e" (torchao PT2E + torch.compile), "onnxruntime" (QDQ), or "auto"
-            (builds both, times them on your input and keeps the faster).
+            (builds both, times them on your input and keeps the faster). With ``mode="weight_only"``: "auto"
+            (times PyTorch's aten int8/int4 kernels and onnxruntime's ``MatMulNBits`` at batch 1 and keeps the
+            faster; ``result.notes`` has both timings), "aten", "onnxruntime", or "torchao" (its
+            ``Int8WeightOnlyConfig``, 8-bit round-to-nearest only).
         percentile: the range percentile of ``observer="percentile"``, in (50, 100].
         progress: show progress bars.
         repeat: about how many timed calls per model for the latency comparison (both models interleaved in
             blocks of 3; the result reports medians, quartiles, the call count and the speedup's spread).
+
+    For a language model (outputs of shape (N, T, V)) ``fidelity["top1_agreement"]`` is per token (the most likely
+    next token agrees with fp32's) and ``fidelity["kl_div"]`` the mean KL(fp32 || quantized) of the next-token
+    distributions (nats).
 
     The speedup is measured against the fp32 model in eager PyTorch on this machine: it depends on the CPU,
     its threads and its load, and for a real int8 model also includes the change of runtime. When the timing
@@ -60,8 +94,21 @@ def quantize(model: nn.Module, calib: Any = None, *, weight_bits: int = 8, act_b
     """
     check_module(model)
     check_not_meta(model, "quantize")
-    opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
     check_choice(mode, MODES, "mode")
+    if mode == "weight_only":
+        bits, group, kernel = check_weight_only(
+            model, weight_bits=weight_bits, group_size=group_size, method=method, act_bits=act_bits,
+            act_bits_given=act_bits is not _ACT_DEFAULT, granularity=granularity, observer=observer,
+            layer_bits=layer_bits, symmetric=symmetric, backend=backend, calib=calib)
+        check_finite_weights(model)
+        return _with_latency_note(_weight_only(model, reusable(calib), bits, group, kernel, method, symmetric,
+                                               evaluate, progress, repeat))
+    if method != "rtn":
+        raise InputError(f"method={method!r} finds weight-only codes: use it with mode='weight_only' "
+                         f"(e.g. weight_bits=4, method={method!r}), or leave method out for mode={mode!r}.")
+    granularity = group_granularity(granularity, group_size)
+    symmetric = True if symmetric is None else symmetric
+    opts = QuantOptions(weight_bits, act_bits, granularity, symmetric, observer, layer_bits, percentile)
     check_choice(backend, ("auto", *BUILDERS), "backend")
     check_layer_names(model, opts.layer_bits)
     check_finite_weights(model)
@@ -90,17 +137,19 @@ class _Job:
 
 
 def _prepare(model: nn.Module, calib: Any, opts: QuantOptions, evaluate: Callable[[nn.Module], float] | None,
-             progress: bool, repeat: int, capture: bool = False) -> _Job:
+             progress: bool, repeat: int, capture: bool = False, fold: bool = True) -> _Job:
     """Check the calibration inputs and make the fp32 copies every mode starts from.
 
     ``capture`` (the int8 modes, which capture a graph): a Hugging Face model's KV cache is turned off on the
     copies (a ``DynamicCache`` cannot be a graph output), said in the job's notes; the fp32 baseline is that
-    same cache-free copy, so both sides are timed and compared alike.
+    same cache-free copy, so both sides are timed and compared alike. ``fold=False`` (weight-only: no BatchNorm to
+    fold into linears) makes one copy, used as both.
     """
     example = first_input(calib) if calib is not None else None
     if example is not None:
         check_finite(example, "calibration inputs")
-    reference, folded = working_copy(model).eval(), eval_folded(working_copy(model))
+    reference = working_copy(model).eval()
+    folded = eval_folded(working_copy(model)) if fold else reference
     notes = ()
     if capture and cache_off(reference) | cache_off(folded):
         notes = (CACHE_NOTE.format(what="the int8 model"),)
@@ -120,6 +169,9 @@ def _check_quantizable(model: nn.Module, mode: str) -> None:
 
 def _check_mode(mode: str, opts: QuantOptions, calib: Any) -> None:
     """Reject settings a mode cannot run, saying which mode or argument would."""
+    if mode in ("int8", "dynamic") and opts.group_size:
+        raise NboptError(f"mode={mode!r} runs per-channel int8 kernels; group-wise scales "
+                         f"({opts.granularity}) run with mode='weight_only' (weight_bits=4) or mode='simulate'.")
     if mode in ("int8", "dynamic") and (opts.weight_bits != 8 or opts.layer_bits):
         raise NboptError(f"mode={mode!r} runs 8-bit kernels; for weight_bits={opts.weight_bits} or layer_bits "
                          "use mode='simulate' (accuracy study; not faster).")
@@ -152,7 +204,8 @@ def _simulated_sizes(job: _Job, sim: nn.Module, bits: dict[str, int]) -> dict[st
     return {"fp32": fp32_sizes(job.reference),
             "quantized": {"dense": size_bytes(sim), "disk": disk_bytes(sim),
                           "deployable": deployable_bytes(job.folded, bits, symmetric=opts.symmetric,
-                                                         per_channel=opts.granularity == "per_channel")}}
+                                                         per_channel=opts.granularity == "per_channel",
+                                                         group_size=opts.group_size)}}
 
 
 def _simulated_note(speedup: str, bits: dict[str, int]) -> str:
@@ -198,6 +251,43 @@ def _real(job: _Job, *, dynamic: bool, backend: str) -> QuantResult:
                             f"timed interleaved on the first calibration batch: it also counts the change of "
                             f"runtime ({program.backend}; for small models and batches mostly eager PyTorch's "
                             "per-layer overhead), and it depends on the CPU's int8 instructions, threads and load.")
+    return result
+
+
+def _weight_only(model: nn.Module, calib: Any, bits: int, group_size: int | None, kernel: str, method: str,
+                 symmetric: bool | None, evaluate: Callable[[nn.Module], float] | None, progress: bool,
+                 repeat: int) -> QuantResult:
+    """``mode="weight_only"``: :func:`~nbopt.quantization.weight_only.quantize_weights` on a copy, measured like
+    every mode (fidelity per token and KL for language models, interleaved latency, ``evaluate``)."""
+    from .weight_only import quantize_weights
+    from .weight_only_report import weight_only_report
+
+    sym = True if bits == 8 else bool(symmetric)
+    opts = QuantOptions(weight_bits=bits, act_bits=None, symmetric=sym,
+                        granularity=f"per_group{group_size}" if group_size else "per_channel")
+    job = _prepare(model, calib, opts, evaluate, progress, repeat, fold=False)
+    wo = quantize_weights(job.reference, bits, group_size, kernel=kernel, method=method, calib=calib,
+                          symmetric=sym, progress=progress)
+    report = weight_only_report(job.reference, wo.model, list(wo.layers), bits=bits, group_size=wo.group_size,
+                                symmetric=sym, method=method, kernel=wo.kernel, weight_dtypes=wo.weight_dtypes,
+                                example=job.example)
+    sizes = {"fp32": fp32_sizes(job.reference),
+             "quantized": {"dense": wo.size_bytes, "disk": disk_bytes(wo.model), "deployable": wo.size_bytes}}
+    result = _finish(job, wo.model, report=report, mode="weight_only", backend=wo.kernel, real=True, sizes=sizes)
+    result.options.update(group_size=wo.group_size, method=method, kernel=wo.kernel, kernel_asked=kernel)
+    what = f"int{bits}" + (f" in groups of {wo.group_size}" if wo.group_size else " per output channel")
+    result.backend_reason = (f"weight-only {what} on the {wo.kernel} kernels" +
+                             (" (backend='auto' timed aten and onnxruntime at batch 1 and kept the faster; see "
+                              "the notes)" if kernel == "auto" else ""))
+    stored = ", ".join(sorted(set(wo.weight_dtypes.values()))) or "no"
+    result.notes.append(f"Real weight-only {what} ({'GPTQ' if method == 'gptq' else 'round-to-nearest'}, "
+                        f"{wo.kernel} kernels): {len(wo.layers)} linear layers store {stored} weights; "
+                        f"{wo.fp32_bytes / 2**20:.2f} MiB -> {wo.size_bytes / 2**20:.2f} MiB in memory.")
+    result.notes.extend(wo.notes)
+    if result.latency_ms:
+        result.notes.append(f"Speedup {result.speedup_text()} is one forward of the first calibration batch (a "
+                            "prefill) against fp32 eager; decoding reads every weight once per token, which is "
+                            "where fewer weight bytes pay off (benchmarks/llm_decode.py measures tokens/s).")
     return result
 
 
@@ -271,8 +361,11 @@ def _finish(job: _Job, qmodel: nn.Module, *, report: pd.DataFrame, mode: str, ba
     acc = None
     if job.evaluate is not None:
         acc = {"fp32": float(job.evaluate(job.reference)), "quantized": float(job.evaluate(qmodel))}
+    options = asdict(job.opts)
+    if job.evaluate is not None:
+        options.update(evaluate=score_name(job.evaluate), lower_is_better=lower_is_better(job.evaluate))
     result = QuantResult(model=qmodel, report=report, mode=mode, backend=backend, real=real, size_bytes=sizes,
-                         latency_ms={}, fidelity=fid, accuracy=acc, options=asdict(job.opts))
+                         latency_ms={}, fidelity=fid, accuracy=acc, options=options)
     if fid_note:
         result.notes.append(fid_note)
     if pair is not None:

@@ -132,3 +132,20 @@ def lm_fidelity(reference: torch.nn.Module, model: torch.nn.Module, data: Any, *
         out["perplexity"] = float(perplexity(model))
         out["fp32_perplexity"] = float(perplexity(reference))
     return out
+
+
+#: words in an evaluator's name that mean "lower is better" (perplexity, loss, NLL, error rate)
+LOWER_IS_BETTER = ("perplexity", "ppl", "loss", "nll", "error")
+
+
+def score_name(evaluate: Any) -> str:
+    """The name of what ``evaluate(model)`` returns, from the function's name (a ``functools.partial``'s
+    function's): ``nbopt.demo.lm.perplexity`` -> ``"perplexity"``; ``"accuracy"`` when it names nothing known."""
+    fn = getattr(evaluate, "func", evaluate)  # functools.partial
+    name = str(getattr(fn, "__name__", "") or type(fn).__name__).lower()
+    return next((w for w in LOWER_IS_BETTER if w in name), "accuracy")
+
+
+def lower_is_better(evaluate: Any) -> bool:
+    """Whether ``evaluate``'s score improves downwards (perplexity, a loss); decided by :func:`score_name`."""
+    return score_name(evaluate) != "accuracy"

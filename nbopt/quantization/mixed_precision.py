@@ -9,11 +9,14 @@ from ..errors import NboptError
 
 
 def _cost(sens: pd.DataFrame, layer: str, bits: int) -> float:
-    """Loss of quantizing ``layer`` at ``bits``: the measured drop, tie-broken by output noise (1/SQNR)."""
+    """Loss of quantizing ``layer`` at ``bits``: the measured drop, plus for a language model the KL divergence of
+    its next-token distributions (``kl_{b}bit``, nats: smooth where per-token agreement ties), tie-broken by
+    output noise (1/SQNR)."""
     drop = float(sens.at[layer, f"drop_{bits}bit"])
     sqnr = sens.at[layer, f"sqnr_{bits}bit"] if f"sqnr_{bits}bit" in sens else math.nan
     noise = 10 ** (-float(sqnr) / 10) if not math.isnan(sqnr) else 0.0
-    return max(drop, 0.0) + 1e-3 * noise
+    kl = float(sens.at[layer, f"kl_{bits}bit"]) if f"kl_{bits}bit" in sens else math.nan
+    return max(drop, 0.0) + (max(kl, 0.0) if not math.isnan(kl) else 0.0) + 1e-3 * noise
 
 
 def mixed_precision(sensitivity: pd.DataFrame, *, budget_bytes: float | None = None,

@@ -9,16 +9,20 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import NboptError
+from ..errors import InputError, NboptError
 from ..inputs import check_finite_weights as _check_finite_weights
-from ..layers import weighted_layers
+from ..layers import is_linear_like, linear_weight_view, weighted_layers
 from .backends import BUILDERS
 
 GROUP_SIZES = (32, 64, 128)
 #: weight scales: per output channel, per tensor, or per group of 32/64/128 input values of each output channel
 GRANULARITIES = ("per_channel", "per_tensor", *(f"per_group{g}" for g in GROUP_SIZES))
 OBSERVERS = ("minmax", "percentile", "mse")
-MODES = ("simulate", "int8", "dynamic")
+#: simulate: fake quantization at any width; int8 / dynamic: real int8 programs (pt2e, onnxruntime);
+#: weight_only: real int8/int4 weight-only linears for language models (:mod:`.weight_only`)
+MODES = ("simulate", "int8", "dynamic", "weight_only")
+WEIGHT_ONLY_BITS = (4, 8)  # the widths PyTorch's weight-only CPU kernels store
+WEIGHT_ONLY_DEFAULT_GROUP = 128  # int4's default group size (as torchao's Int4WeightOnlyConfig)
 LAYER_KINDS = "nn.Conv1d/Conv2d/Conv3d, nn.Linear or linear-like (transformers' Conv1D)"  # layers.weighted_layers
 BACKENDS = ("auto", *BUILDERS)  # the built-in real int8 backends (register_backend adds more)
 
@@ -111,3 +115,90 @@ def check_layer_names(model: nn.Module, names: Mapping[str, int] | None, what: s
 def check_finite_weights(model: nn.Module) -> None:
     """Raise naming the first parameter or buffer that holds NaN or Inf (scales would be meaningless)."""
     _check_finite_weights(model, "no quantization scale can represent it")
+
+
+def group_granularity(granularity: str, group_size: int | None) -> str:
+    """``granularity`` with a ``group_size`` folded in (``group_size=32`` -> ``"per_group32"``); both given must agree."""
+    if group_size is None:
+        return granularity
+    if group_size not in GROUP_SIZES:
+        raise InputError(f"group_size={group_size!r} is not one of {', '.join(map(str, GROUP_SIZES))}; pick one of "
+                         "those (or group_size=None for one scale per output channel).")
+    if granularity not in ("per_channel", f"per_group{group_size}"):
+        raise InputError(f"granularity={granularity!r} and group_size={group_size} disagree: give one of them "
+                         f"(group_size={group_size} is granularity='per_group{group_size}').")
+    return f"per_group{group_size}"
+
+
+def check_weight_only(model: nn.Module, *, weight_bits: Any, group_size: int | None, method: str,
+                      act_bits_given: bool, act_bits: Any, granularity: str, observer: str,
+                      layer_bits: Mapping[str, int] | None, symmetric: bool | None, backend: str,
+                      calib: Any) -> tuple[int, int | None, str]:
+    """Validate ``quantize(mode="weight_only", ...)``; returns (bits, group size or None, kernel).
+
+    Every refusal names the argument and the setting that would run.
+    """
+    from .weight_only import KERNELS, METHODS
+
+    bits = check_bits(weight_bits, "weight_bits")
+    if bits not in WEIGHT_ONLY_BITS:
+        raise InputError(f"mode='weight_only' runs PyTorch's int8 and int4 CPU kernels: weight_bits={bits} has no "
+                         "kernel; use weight_bits=8 or weight_bits=4 (other widths: mode='simulate', an accuracy "
+                         "study that is not faster).")
+    if act_bits_given and act_bits is not None:
+        raise InputError(f"mode='weight_only' quantizes weights only (activations run in bfloat16 inside the "
+                         f"kernels), so act_bits={act_bits} cannot apply: pass act_bits=None (or leave it out); "
+                         "for int8 activations use mode='dynamic' or mode='int8'.")
+    if layer_bits:
+        raise InputError("layer_bits (mixed precision) is simulate-only; with mode='weight_only' every linear gets "
+                         "weight_bits: leave layer_bits out, or use mode='simulate'.")
+    if observer != "minmax":
+        raise InputError(f"observer={observer!r} picks simulated ranges; mode='weight_only' takes min/max ranges "
+                         "(method='rtn') or error-compensating codes (method='gptq'): use observer='minmax' (the default).")
+    if method not in METHODS:
+        raise InputError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}: 'rtn' rounds to nearest, "
+                         "'gptq' compensates rounding errors (needs calib).")
+    if granularity == "per_tensor":
+        raise InputError("granularity='per_tensor' has no weight-only kernel: use group_size=None (per channel, "
+                         "int8) or group_size=32/64/128 (int4), or mode='simulate'.")
+    group_size = group_size_of(group_granularity(granularity, group_size))
+    if bits == 8 and group_size is not None:
+        raise InputError(f"the int8 weight-only kernel keeps one scale per output channel: group_size={group_size} "
+                         "needs weight_bits=4 (or group_size=None for int8; group-wise 8-bit: mode='simulate').")
+    if bits == 8 and symmetric is False:
+        raise InputError("the int8 weight-only kernel is symmetric (zero point 0): asymmetric weights need "
+                         "weight_bits=4 (asymmetric by default), or keep int8 symmetric.")
+    if bits == 4 and group_size is None:
+        group_size = WEIGHT_ONLY_DEFAULT_GROUP
+    kernel = backend
+    if kernel not in KERNELS:
+        raise InputError(f"backend={backend!r} is an int8 runtime; mode='weight_only' takes backend='auto' (times the "
+                         f"aten and onnxruntime kernels, keeps the faster) or "
+                         f"{' or '.join(f'backend={k!r}' for k in KERNELS if k != 'auto')}.")
+    if kernel == "torchao" and (bits != 8 or method != "rtn"):
+        raise InputError("backend='torchao' runs 8-bit round-to-nearest weights only; use backend='auto', 'aten' or "
+                         "'onnxruntime' for weight_bits=4 or method='gptq'.")
+    if method == "gptq" and calib is None:
+        raise InputError("method='gptq' needs calibration data: pass calib=... (a few batches of input ids, e.g. "
+                         "nbopt.demo.lm.calibration_data()), or use method='rtn', which needs none.")
+    _check_linear_layers(model, group_size)
+    return bits, group_size, kernel
+
+
+def _check_linear_layers(model: nn.Module, group_size: int | None) -> None:
+    """There are linear layers, and ``group_size`` divides every one's in_features."""
+    linears = {n: m for n, m in model.named_modules() if n and is_linear_like(m)}
+    if not linears:
+        raise InputError(f"mode='weight_only' quantizes linear layers and the model ({type(model).__name__}) has "
+                         "none; use mode='simulate', 'int8' or 'dynamic' for convolutions.")
+    if group_size is None:
+        return
+    ins = {n: int(linear_weight_view(m).shape[1]) for n, m in linears.items()}
+    bad = {n: k for n, k in ins.items() if k % group_size}
+    if bad:
+        fits = [g for g in GROUP_SIZES if all(k % g == 0 for k in ins.values())]
+        fix = (f"use group_size={fits[-1]}" if fits else "no group size 32/64/128 divides them all: use "
+               "weight_bits=8 (per channel) or mode='simulate'")
+        shown = ", ".join(f"{n} ({k})" for n, k in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
+        raise InputError(f"group_size={group_size} does not divide in_features of {len(bad)} linear layer(s): "
+                         f"{shown}; {fix}.")

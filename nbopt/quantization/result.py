@@ -8,7 +8,14 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from ..table import Table, as_table
 from ..timing import Ratio
+
+# display kinds of summary()'s rows (the table is read by rows: a metric per row, fp32 / quantized / ratio columns)
+SUMMARY_KINDS = {"latency (ms, median)": "ms", "latency q1 (ms)": "ms", "latency q3 (ms)": "ms",
+                 "latency calls": "number", "speedup q1 (x)": "ratio", "speedup q3 (x)": "ratio",
+                 "accuracy": "fraction", "top1_agreement vs fp32": "fraction", "sqnr_db vs fp32": "db"}
+RATIO_ROWS = ("size dense in memory (MB)", "size on disk (MB)", "size deployable (MB)", "latency (ms, median)")
 
 
 @dataclass
@@ -63,16 +70,29 @@ class QuantResult:
 
     @property
     def label(self) -> str:
-        """How the model computes: real int8 (and on which backend) or simulated."""
+        """How the model computes: real int8 / int4 weight-only (and on which backend) or simulated."""
+        if self.mode == "weight_only":
+            return f"real int{self.options.get('weight_bits', 8)} weight-only ({self.backend})"
         return f"real int8 ({self.backend})" if self.real else "simulated (fake quantization, float32 compute)"
 
-    def summary(self) -> pd.DataFrame:
+    @property
+    def metric(self) -> tuple[str, str]:
+        """The name and display kind of what ``evaluate`` measured: ``("accuracy", "fraction")``, or for a
+        lower-is-better evaluator (a perplexity) its own name and ``"number"``."""
+        if self.options.get("lower_is_better"):
+            return str(self.options.get("evaluate") or "metric"), "number"
+        return "accuracy", "fraction"
+
+    def summary(self) -> Table:
         """Before/after table with a fp32/quantized ratio: sizes three ways (MB), latency, accuracy (when
         measured) and each fidelity metric (fp32's own value: 1 for cosine and top-1 agreement, else NaN).
 
         With latency: its quartiles and number of calls per side, and the ``ratio`` of the median row (the
         speedup) with its per-round quartiles in the ``speedup q1 (x)``/``speedup q3 (x)`` rows, all from one
-        interleaved measurement; ``.attrs["note"]`` is :attr:`latency_note`."""
+        interleaved measurement; ``.attrs["note"]`` is :attr:`latency_note`. The ratio is given only where it
+        means something (sizes: how many times smaller; latency: the speedup), else NaN.
+
+        A :class:`~nbopt.table.Table`: raw numbers, shown in readable units with blanks for NaN."""
         s = self.size_bytes
         out = {f"size {what} (MB)": (s["fp32"][key] / 1e6, s["quantized"][key] / 1e6)
                for what, key in (("dense in memory", "dense"), ("on disk", "disk"), ("deployable", "deployable"))}
@@ -84,24 +104,28 @@ class QuantResult:
             spread = ["latency q1 (ms)", "latency q3 (ms)", "latency calls", "speedup q1 (x)", "speedup q3 (x)"]
             out.update(zip(spread, [(fp32["q1_ms"], quant["q1_ms"]), (fp32["q3_ms"], quant["q3_ms"]),
                                     (fp32["n"], quant["n"]), (math.nan, math.nan), (math.nan, math.nan)]))
+        metric, kind = self.metric
         if self.accuracy:
-            out["accuracy"] = (self.accuracy["fp32"], self.accuracy["quantized"])
+            out[metric] = (self.accuracy["fp32"], self.accuracy["quantized"])
         for k, v in self.fidelity.items():
-            out[f"{k} vs fp32"] = (1.0 if k in ("cosine", "top1_agreement") else math.nan, v)
+            if isinstance(v, (int, float)):  # not the "note" a fidelity check may add
+                out[f"{k} vs fp32"] = (1.0 if k in ("cosine", "top1_agreement") else math.nan, v)
         df = pd.DataFrame(out, index=["fp32", self.label]).T
-        df["ratio"] = df.iloc[:, 0] / df.iloc[:, 1]
+        df["ratio"] = [a / b if row in RATIO_ROWS and b else math.nan
+                       for row, a, b in zip(df.index, df.iloc[:, 0], df.iloc[:, 1])]
         if spread:  # the ratio of the medians is the speedup; its spread is that of the per-round ratios
             r = self.speedup_spread
             df.loc[spread, "ratio"] = [math.nan, math.nan, math.nan, r.q1 if r else math.nan,
                                        r.q3 if r else math.nan]
         df.attrs["note"] = self.latency_note
-        return df
+        return as_table(df, by_rows=True, kinds={**SUMMARY_KINDS, metric: kind}, max_rows=None)
+
+    def _repr_html_(self) -> str:
+        from ..display.results import quant_html  # front-end imported on demand
+
+        return quant_html(self)
 
     def __repr__(self) -> str:
-        acc = (f", accuracy {self.accuracy['fp32']:.4f} -> {self.accuracy['quantized']:.4f}" if self.accuracy else "")
-        fid = ", ".join(f"{k}={v:.4g}" for k, v in self.fidelity.items())
-        label = self.label + (", PARTIAL (interrupted)" if self.partial else "")
-        return (f"QuantResult({label}, {len(self.report)} layers, "
-                f"deployable {self.size_bytes['fp32']['deployable'] / 1e6:.3f} MB -> "
-                f"{self.size_bytes['quantized']['deployable'] / 1e6:.3f} MB, speedup {self.speedup_text()}{acc}; "
-                f"{fid})" + (f"\n{self.latency_note}" if self.latency_note else ""))
+        from ..display.results import quant_text
+
+        return quant_text(self)

@@ -21,9 +21,9 @@ from ..layers import eval_folded, skipped_layers, warn_skipped, weighted_layers
 from ..model_state import working_copy
 from .activation_cache import ActivationCache, trace
 from .calibration import EMPTY_CALIBRATION, calibration_inputs
-from .metrics import fidelity
+from .metrics import fidelity, lower_is_better, score_name
 from .observers import fake_quant
-from .options import LAYER_KINDS, QuantOptions, check_bits, check_finite_weights
+from .options import LAYER_KINDS, QuantOptions, check_bits, check_finite_weights, group_granularity
 from .simulate import layer_qparams
 
 Trial = Callable[[str, list[torch.Tensor]], list[dict[str, float]]]
@@ -34,11 +34,15 @@ TOP1, COSINE = "1 - top-1 agreement with fp32", "1 - cosine similarity with fp32
 
 def _metrics(ref: list[Any], out: list[Any]) -> dict[str, Any]:
     """The drop (1 - top-1 agreement, per sample/position/token as :func:`fidelity` decides; 1 - cosine when the
-    output has no class dimension), the output SQNR, and which drop it is."""
+    output has no class dimension), the output SQNR, which drop it is, and for sequence logits (N, T, V) the KL
+    divergence of the next-token distributions (``kl``, nats)."""
     f = fidelity(ref, out)
     top1 = "top1_agreement" in f
-    return {"drop": 1.0 - f["top1_agreement" if top1 else "cosine"], "sqnr": f["sqnr_db"],
+    cell = {"drop": 1.0 - f["top1_agreement" if top1 else "cosine"], "sqnr": f["sqnr_db"],
             "metric": TOP1 if top1 else COSINE}
+    if "kl_div" in f:
+        cell["kl"] = f["kl_div"]
+    return cell
 
 
 def _bit_list(bits: Iterable[int] | int) -> list[int]:
@@ -58,17 +62,22 @@ def _bit_list(bits: Iterable[int] | int) -> list[int]:
 
 
 def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], float] | None = None,
-                bits: Iterable[int] = (8, 6, 4), *, granularity: str = "per_channel", symmetric: bool = True,
-                observer: str = "minmax", method: str = "cached", progress: bool = True,
+                bits: Iterable[int] = (8, 6, 4), *, granularity: str = "per_channel", group_size: int | None = None,
+                symmetric: bool = True, observer: str = "minmax", method: str = "cached", progress: bool = True,
                 on_interrupt: str = "return") -> pd.DataFrame:
-    """DataFrame, one row per Conv/linear-like layer (``nn.Linear``, transformers' ``Conv1D``): ``drop_{b}bit`` (metric drop) and ``sqnr_{b}bit`` (dB).
+    """DataFrame, one row per Conv/linear-like layer (``nn.Linear``, transformers' ``Conv1D``): ``drop_{b}bit`` (metric
+    drop) and ``sqnr_{b}bit`` (dB); for a language model (logits (N, T, V)) also ``kl_{b}bit``.
 
     Weights only (activations stay float), one layer at a time. ``evaluate(model) -> accuracy`` makes the
     drop an accuracy drop; otherwise it is 1 - top-1 agreement with fp32 on ``calib``, measured where the
     model makes its predictions (see :func:`nbopt.quantization.metrics.fidelity`): per sample for (N, C)
     classifier outputs, per pixel for (N, C, H, W, ...) maps (argmax over dim 1), per token for (N, T, V)
     sequence logits (argmax over the last dim); 1 - cosine similarity for outputs without a class dimension.
-    ``df.attrs["metric"]`` says which. ``sqnr`` is the output SQNR vs fp32. Plot it with
+    ``df.attrs["metric"]`` says which. ``sqnr`` is the output SQNR vs fp32. For sequence logits ``kl`` is the mean
+    KL(fp32 || quantized) of the next-token distributions (nats), smooth where token agreement ties. An
+    ``evaluate`` whose score is lower-is-better (a perplexity or loss, by its name:
+    :func:`nbopt.quantization.metrics.lower_is_better`, e.g. ``nbopt.demo.lm.perplexity``) makes the drop the
+    increase of that score. Plot it with
     ``nbopt.display.figures.plot_sensitivity(df)``; feed it to :func:`nbopt.mixed_precision`.
 
     Args:
@@ -76,7 +85,9 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
         calib: the batches the trials run on (tensor, DataLoader or iterable of batches).
         evaluate: ``evaluate(model) -> accuracy``; makes the drop an accuracy drop (no caching then).
         bits: the weight bit widths to try (each 2-16).
-        granularity: "per_channel" or "per_tensor" weight scales, as in :func:`nbopt.quantize`.
+        granularity: "per_channel", "per_tensor" or "per_group32/64/128" weight scales, as in
+            :func:`nbopt.quantize`.
+        group_size: 32, 64 or 128: the same as ``granularity="per_group{N}"``.
         symmetric: symmetric weight grid (zero point 0).
         observer: "minmax", "percentile" or "mse" weight ranges.
         method: "cached" (re-run only what depends on the layer) or "naive" (whole model per trial).
@@ -96,6 +107,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     if method not in ("cached", "naive"):
         raise NboptError(f"method={method!r} must be 'cached' or 'naive'.")
     check_on_interrupt(on_interrupt)
+    granularity = group_granularity(granularity, group_size)
     opts = QuantOptions(granularity=granularity, symmetric=symmetric, observer=observer, act_bits=None)
     check_finite_weights(model)
     if not weighted_layers(model):
@@ -114,7 +126,7 @@ def sensitivity(model: nn.Module, calib: Any, evaluate: Callable[[nn.Module], fl
     kinds: set[str] = set()
     rows = _sweep(layers, bits, opts, trial, progress, on_interrupt == "raise", kinds)
     df = pd.DataFrame(rows).set_index("layer") if rows else pd.DataFrame()
-    df.attrs.update(bits=bits, metric="accuracy drop" if evaluate else " / ".join(sorted(kinds)) or TOP1,
+    df.attrs.update(bits=bits, metric=_score_drop(evaluate) if evaluate else " / ".join(sorted(kinds)) or TOP1,
                     method=used, batched=batched, layout=layout,
                     options=dict(granularity=granularity, symmetric=symmetric, observer=observer),
                     partial=len(rows) < len(layers), layers_total=len(layers), skipped=skipped_layers(folded))
@@ -133,6 +145,8 @@ def _sweep(layers: dict[str, nn.Module], bits: list[int], opts: QuantOptions, tr
             row = {"layer": name, "type": type(layers[name]).__name__, "params": w.numel()}
             for b, cell in zip(bits, cells):
                 row[f"drop_{b}bit"], row[f"sqnr_{b}bit"] = cell["drop"], cell["sqnr"]
+                if "kl" in cell:
+                    row[f"kl_{b}bit"] = cell["kl"]
                 if "metric" in cell:
                     kinds.add(cell["metric"])
             rows.append(row)
@@ -168,8 +182,14 @@ def _trial_runner(folded: nn.Module, inputs: list[Any], evaluate: Callable | Non
         "contiguous"
 
 
+def _score_drop(evaluate: Callable) -> str:
+    """What an ``evaluate`` drop measures: ``accuracy drop``, or ``perplexity increase`` for lower-is-better."""
+    return f"{score_name(evaluate)} increase" if lower_is_better(evaluate) else "accuracy drop"
+
+
 def _evaluate_trial(folded: nn.Module, evaluate: Callable) -> Trial:
-    base = float(evaluate(folded))
+    """Each trial's drop in ``evaluate``'s score (its increase when lower is better, e.g. perplexity)."""
+    base, sign = float(evaluate(folded)), (-1.0 if lower_is_better(evaluate) else 1.0)
 
     def run(name: str, weights: list[torch.Tensor]) -> list[dict[str, float]]:
         layer = folded.get_submodule(name)
@@ -177,7 +197,7 @@ def _evaluate_trial(folded: nn.Module, evaluate: Callable) -> Trial:
         try:
             for w in weights:
                 layer.weight.data = w
-                out.append({"drop": base - float(evaluate(folded)), "sqnr": float("nan")})
+                out.append({"drop": sign * (base - float(evaluate(folded))), "sqnr": float("nan")})
         finally:
             layer.weight.data = original
         return out

@@ -8,8 +8,9 @@ from ..model_state import disk_bytes, size_bytes
 
 
 def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool = True,
-                     per_channel: bool = True) -> int:
-    """Packed ``bits``-bit weights + fp32 scales (+ zero points) + every other tensor in fp32.
+                     per_channel: bool = True, group_size: int | None = None) -> int:
+    """Packed ``bits``-bit weights + fp32 scales (+ zero points) + every other tensor in fp32: one scale per
+    output channel (``per_channel``), per tensor, or per ``group_size`` inputs of each output row.
 
     ``folded`` is the BN-folded float model; fp32 copies some converted programs keep are not counted.
     """
@@ -19,7 +20,8 @@ def deployable_bytes(folded: nn.Module, bits: dict[str, int], *, symmetric: bool
                 if id(t) not in quantized)
     for name, b in bits.items():
         w = layers[name].weight
-        n_scales = w.shape[out_axis(layers[name])] if per_channel else 1  # Conv1D: outputs are dim 1
+        rows = w.shape[out_axis(layers[name])]  # Conv1D: outputs are dim 1
+        n_scales = rows * -(-(w.numel() // rows) // group_size) if group_size else (rows if per_channel else 1)
         total += -(-w.numel() * b // 8) + n_scales * (4 if symmetric else 8)
     return int(total)
 

@@ -5,9 +5,19 @@ A tuner does the setting-independent work once (copies, BN folding, fp32 weights
 accuracy) and caches what calibration observed for each weight setting, so :meth:`QuantTuner.set` costs a
 few forward passes. After ``set(**opts)`` the tuner's model gives exactly the outputs of
 ``nbopt.quantize(model, calib, mode="simulate", **opts).model``.
+
+``set(method="gptq")`` rounds the linear layers' weights with GPTQ (:mod:`.gptq`: error-compensating, Hessians
+from one calibration pass over the fp32 model, per-channel or group-wise scales) instead of round-to-nearest;
+the codes of each (layer, bits, grid) are computed once and kept. For a language model (logits (N, T, V)) the
+fidelity holds the per-token ``top1_agreement`` and ``kl_div`` of the next-token distributions.
+
+Cost of one :meth:`QuantTuner.set`: rounding the weights, one pass over ``calib`` (the per-layer report is read
+from that pass's first batch), ``evaluate`` if given, and, for a new weight setting with ``act_bits``, one more
+calibration pass.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -16,19 +26,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import NboptError
-from ..inputs import check_finite, check_module, check_not_meta
-from ..layers import eval_folded, weighted_layers
+from ..errors import InputError, NboptError
+from ..inputs import check_finite, check_module, check_not_meta, tensors_in
+from ..layers import eval_folded, is_linear_like, linear_weight_view, out_axis, weighted_layers
 from ..model_state import disk_bytes, size_bytes, working_copy
 from .calibration import first_input, run_batches
-from .metrics import fidelity
-from .observers import QParams
-from .options import QuantOptions, check_layer_names
-from .report import layer_report
+from .metrics import fidelity, lower_is_better, score_name
+from .observers import QParams, dequantize_groupwise, sqnr_db
+from .options import QuantOptions, check_choice, check_layer_names
+from .report import layer_outputs, layer_report
 from .simulate import act_quantizers, attach
 from .sizes import deployable_bytes, fp32_sizes
 
 CACHE_SIZE = 32  # weight settings whose calibration observations are kept
+METHODS = ("rtn", "gptq")  # round to nearest (what nbopt.quantize simulates) or GPTQ's error-compensating rounding
+GPTQ_CACHE_BYTES = 256 * 2 ** 20  # GPTQ-rounded weights kept (per layer, bits and grid), oldest dropped first
 
 
 @dataclass
@@ -41,7 +53,19 @@ class TuneResult:
     fidelity: dict[str, float]
     accuracy: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
+    method: str = "rtn"
     label = "simulated (fake quantization, float32 compute)"
+
+    def __repr__(self) -> str:
+        """One line: the setting and its headline numbers (``.report`` has the per-layer table)."""
+        o = self.options
+        act = "float" if o.get("act_bits") is None else o.get("act_bits")
+        fid = ", ".join(f"{k} {v:.4g}" for k, v in self.fidelity.items() if isinstance(v, float))
+        acc = "" if not self.accuracy else \
+            f", {o.get('evaluate', 'evaluate')} {self.accuracy['quantized']:.4g} (fp32 {self.accuracy['fp32']:.4g})"
+        dep = self.size_bytes["quantized"]["deployable"] / 2 ** 20
+        return (f"TuneResult(W{o.get('weight_bits')}/A{act} {o.get('granularity')} {self.method}: {fid}{acc}, "
+                f"deployable {dep:.2f} MiB, {len(self.report)} layers)")
 
 
 class QuantTuner:
@@ -51,7 +75,8 @@ class QuantTuner:
     >>> tuner.set(weight_bits=4, act_bits=8).accuracy    # same numbers as nbopt.quantize(..., mode="simulate")
     >>> tuner.model                                      # the live simulated model (changes on the next set)
 
-    ``observer`` and ``percentile`` are fixed per tuner; the user's model is never modified.
+    ``observer`` and ``percentile`` are fixed per tuner (GPTQ uses min/max grids); the user's model is never
+    modified.
     """
 
     def __init__(self, model: nn.Module, calib: Any, *, evaluate: Callable[[nn.Module], float] | None = None,
@@ -79,28 +104,91 @@ class QuantTuner:
         self._fp32_accuracy = float(evaluate(self.reference)) if evaluate else None
         self._observed: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
         self._act_qparams: dict[tuple, list[QParams | None]] = {}
+        self._ref_layers = layer_outputs(self.folded, list(self._layers), self.example)  # fp32, for the report
+        self._hessians: dict[str, torch.Tensor | None] | None = None
+        self._gptq: OrderedDict[tuple, tuple[torch.Tensor, QParams]] = OrderedDict()
         self.options: QuantOptions | None = None
+        self.method = "rtn"
+
+    @property
+    def language_model(self) -> bool:
+        """Whether the model outputs sequence logits (N, T, V): fidelity is then per token, with ``kl_div``."""
+        first = next(tensors_in(self._ref_out[0]), None)
+        return first is not None and first.dim() == 3 and first.shape[-1] > 1
+
+    @property
+    def gptq_supported(self) -> bool:
+        """Whether ``method="gptq"`` applies: every quantized layer is linear-like (language models)."""
+        return all(is_linear_like(m) for m in self._layers.values())
 
     def set(self, *, weight_bits: int = 8, act_bits: int | None = 8, granularity: str = "per_channel",
-            symmetric: bool = True, layer_bits: Mapping[str, int] | None = None) -> TuneResult:
-        """Re-quantize the tuner's model for these options (``nbopt.quantize``'s meanings) and measure it."""
+            symmetric: bool = True, layer_bits: Mapping[str, int] | None = None, method: str = "rtn") -> TuneResult:
+        """Re-quantize the tuner's model for these options (``nbopt.quantize``'s meanings) and measure it.
+
+        ``method="gptq"`` rounds with GPTQ (linear layers only; per-channel or ``per_groupN`` scales)."""
         opts = self.base.with_(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity,
                                symmetric=symmetric, layer_bits=layer_bits)
         check_layer_names(self.reference, opts.layer_bits)
-        qparams = self._quantize_weights(opts)
+        self._check_method(method, opts)
+        qparams = self._quantize_weights(opts, method)
+        self.method = method
         self._quantize_activations(opts)
         self.options = opts
         return self._measure(opts, qparams)
 
-    def _quantize_weights(self, opts: QuantOptions) -> dict[str, QParams | None]:
-        """Round the kept fp32 weights to ``opts`` (what quantize's ``attach`` does to a fresh copy)."""
+    def _check_method(self, method: str, opts: QuantOptions) -> None:
+        check_choice(method, METHODS, "method")
+        if method != "gptq":
+            return
+        if not self.gptq_supported:
+            convs = [n for n, m in self._layers.items() if not is_linear_like(m)]
+            raise InputError(f"method='gptq' rounds linear layers only, and this model has {len(convs)} conv "
+                             f"layers ({', '.join(convs[:3])}{' ...' if len(convs) > 3 else ''}); use method='rtn'.")
+        if opts.granularity == "per_tensor":
+            raise InputError("method='gptq' needs one scale per output channel or per group: use "
+                             "granularity='per_channel' or 'per_group32'/'per_group64'/'per_group128', or "
+                             "method='rtn' for per-tensor scales.")
+
+    def _quantize_weights(self, opts: QuantOptions, method: str = "rtn") -> dict[str, QParams | None]:
+        """Round the kept fp32 weights to ``opts`` (what quantize's ``attach`` does to a fresh copy), or with GPTQ."""
         with torch.no_grad():
             for name, layer in self._layers.items():
                 layer.weight.copy_(self._fp32[name])
+        if method == "gptq":
+            return self._gptq_weights(opts)
         return attach(self.model, opts.with_(act_bits=None))
 
+    def _gptq_weights(self, opts: QuantOptions) -> dict[str, QParams]:
+        """GPTQ-rounded weights for every layer (each (layer, bits, grid) computed once, then cached)."""
+        from .gptq import collect_hessians, gptq_quantize
+
+        if self._hessians is None:
+            self._hessians = collect_hessians(self.folded, weighted_layers(self.folded), self.calib,
+                                              progress=self.progress)
+        qparams = {}
+        for name, layer in self._layers.items():
+            key = (name, opts.bits_for(name), opts.group_size, opts.symmetric)
+            if key in self._gptq:
+                self._gptq.move_to_end(key)
+            else:
+                w = linear_weight_view(layer).detach().float()
+                H = self._hessians.get(name)
+                H = torch.eye(w.shape[1], dtype=torch.float64) if H is None else H
+                codes, qp = gptq_quantize(w, H, key[1], opts.group_size, symmetric=opts.symmetric)
+                qp.axis = out_axis(layer)  # the grids of the (out, in) view, in the layer's own weight layout
+                self._gptq[key] = (dequantize_groupwise(codes, qp), qp)
+                self._trim_gptq()
+            deq, qparams[name] = self._gptq[key]
+            with torch.no_grad():
+                linear_weight_view(layer).copy_(deq.to(layer.weight.dtype))
+        return qparams
+
+    def _trim_gptq(self) -> None:
+        while len(self._gptq) > 1 and sum(w.numel() * 4 for w, _ in self._gptq.values()) > GPTQ_CACHE_BYTES:
+            self._gptq.popitem(last=False)
+
     def _weight_key(self, opts: QuantOptions) -> tuple:
-        return (opts.granularity, opts.symmetric) + tuple(opts.bits_for(n) for n in self._layers)
+        return (self.method, opts.granularity, opts.symmetric) + tuple(opts.bits_for(n) for n in self._layers)
 
     def _quantize_activations(self, opts: QuantOptions) -> None:
         """Activation scale/zero point from the observations made with these weights (cached per setting)."""
@@ -141,16 +229,57 @@ class QuantTuner:
         sizes = {"fp32": dict(self._fp32_sizes),
                  "quantized": {"dense": size_bytes(self.folded), "disk": self._disk[opts.act_bits is not None],
                                "deployable": deployable_bytes(self.folded, bits, symmetric=opts.symmetric,
-                                                              per_channel=opts.granularity == "per_channel")}}
-        q_out = run_batches(self.model, self.calib, progress=self.progress, desc="quantized outputs")
+                                                              per_channel=opts.granularity == "per_channel",
+                                                              group_size=opts.group_size)}}
+        q_out, q_layers = self._run_capturing()
         accuracy = None
         if self.evaluate is not None:
             accuracy = {"fp32": self._fp32_accuracy, "quantized": float(self.evaluate(self.model))}
         fid = fidelity(self._ref_out, q_out)
         note = fid.pop("note", None)  # batches left out (empty outputs); the numbers stay floats
-        return TuneResult(options=opts.__dict__.copy(),
-                          report=layer_report(self.folded, self.model, qparams, opts, self.example),
-                          size_bytes=sizes, fidelity=fid, accuracy=accuracy, notes=[note] if note else [])
+        options = opts.__dict__.copy()
+        if self.evaluate is not None:  # what quantize's options say of the score (accuracy or perplexity)
+            options.update(evaluate=score_name(self.evaluate), lower_is_better=lower_is_better(self.evaluate))
+        return TuneResult(options=options, report=self._report(opts, qparams, q_layers),
+                          size_bytes=sizes, fidelity=fid, accuracy=accuracy, notes=[note] if note else [],
+                          method=self.method)
+
+    def _run_capturing(self) -> tuple[list[Any], dict[str, torch.Tensor]]:
+        """The quantized outputs on ``calib``, and each layer's output in the first batch (the example input),
+        as :func:`~.report.layer_outputs` would record them, without running the example a second time."""
+        got: dict[str, torch.Tensor] = {}
+        state = {"first": True}
+
+        def keep(name: str):
+            def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+                if state["first"]:
+                    got[name] = out.detach()
+            return hook
+
+        def first_done(*_: Any) -> None:
+            state["first"] = False
+
+        handles = [m.register_forward_hook(keep(n)) for n, m in self._layers.items()]
+        handles.append(self.model.register_forward_hook(first_done))
+        try:
+            outs = run_batches(self.model, self.calib, progress=self.progress, desc="quantized outputs")
+        finally:
+            for h in handles:
+                h.remove()
+        return outs, got
+
+    def _report(self, opts: QuantOptions, qparams: dict[str, QParams | None],
+                q_layers: dict[str, torch.Tensor]) -> pd.DataFrame:
+        """:func:`~.report.layer_report`'s table; output SQNR from the captured first batch, and for GPTQ the
+        weight SQNR of the GPTQ-rounded weights (the report's own would re-round to nearest)."""
+        report = layer_report(self.folded, None, qparams, opts, None)
+        report["output_sqnr_db"] = [sqnr_db(self._ref_layers[n], q_layers[n]) if n in q_layers and
+                                    n in self._ref_layers else math.nan for n in report.index]
+        if self.method == "gptq":
+            report["weight_sqnr_db"] = [sqnr_db(self._fp32[n], self._layers[n].weight) for n in report.index]
+            if opts.group_size is None:
+                report["granularity"] = "per_channel"
+        return report
 
 
 __all__ = ["QuantTuner", "TuneResult"]

@@ -3,7 +3,7 @@
 // JupyterLab, what the kernel computes). NBOPT_FRONTEND: lab (default) | notebook (Notebook 7) | voila.
 // Usage: node drive.mjs  (config from env: NBOPT_LAB_URL, NBOPT_TOKEN, NBOPT_NOTEBOOK, NBOPT_SCREENSHOT,
 // NBOPT_PRESSES, NBOPT_KEY, NBOPT_FRONTEND). Prints one line of JSON on stdout; exits non-zero on failure.
-import { chromium } from 'playwright-core';
+import { kernelIdle, launch, openAndRun as open } from './lab.mjs';
 
 const base = process.env.NBOPT_LAB_URL;
 const token = process.env.NBOPT_TOKEN;
@@ -14,54 +14,11 @@ const key = process.env.NBOPT_KEY || 'ArrowRight';
 const frontend = process.env.NBOPT_FRONTEND || 'lab';
 const log = (...a) => console.error(new Date().toISOString(), frontend, ...a);
 
-const browser = await chromium.launch({
-  executablePath: process.env.NBOPT_CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
-});
+const browser = await launch();
 const result = { presses, key, frontend };
 
-const kernelIdle = (page) => page.waitForFunction(
-  () => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle', null, { polling: 250 });
-
 // JupyterLab 4 or Notebook 7 (both expose window.jupyterapp): open the notebook, run all cells, wait until done.
-async function openAndRun(page) {
-  if (frontend === 'notebook') {  // Notebook 7: the file browser at /tree lists it; the notebook opens at /notebooks/
-    await page.goto(`${base}/tree?token=${token}`);
-    await page.locator('.jp-DirListing-item', { hasText: notebook }).first().waitFor();
-    result.tree_listed = true;
-    await page.goto(`${base}/notebooks/${notebook}?token=${token}`);
-  } else {
-    await page.goto(`${base}/lab/tree/${notebook}?token=${token}&reset`);
-    await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
-  }
-  await page.waitForSelector('.jp-Notebook .jp-Cell');
-  // The app may ask which kernel to start: accept its proposal (the notebook's python3).
-  await page.waitForFunction(() => document.querySelector('.jp-Dialog') ||
-    window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel, null, { polling: 250 });
-  const accept = page.locator('.jp-Dialog .jp-mod-accept');
-  if (await accept.count()) { log('kernel dialog: accepting', await page.locator('.jp-Dialog select').inputValue().catch(() => '?')); await accept.click(); }
-  await kernelIdle(page);
-  log('notebook open, kernel idle');
-
-  // Run every cell, then wait until each code cell has an execution count and the kernel is idle.
-  await page.evaluate(() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); });
-  const deadline = Date.now() + Number(process.env.NBOPT_RUN_TIMEOUT_MS || '240000');
-  let lastReport = 0;
-  for (;;) {
-    const state = await page.evaluate(() => {
-      const nb = window.jupyterapp.shell.currentWidget;
-      const cells = nb && nb.content ? nb.content.widgets.filter((c) => c.model.type === 'code') : [];
-      const done = cells.filter((c) => c.model.executionCount !== null && c.model.executionCount !== undefined);
-      return { total: cells.length, done: done.length, status: nb?.sessionContext?.session?.kernel?.status };
-    });
-    if (state.total > 0 && state.done === state.total && state.status === 'idle') break;
-    if (Date.now() - lastReport > 10000) { log('running', JSON.stringify(state)); lastReport = Date.now(); }
-    if (Date.now() > deadline) throw new Error('notebook did not finish: ' + JSON.stringify(state));
-    await page.waitForTimeout(500);
-  }
-  log('notebook executed');
-}
+const openAndRun = (page) => open(page, { base, token, notebook, frontend, log, result });
 
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });

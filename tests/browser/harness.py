@@ -74,10 +74,14 @@ def _command(app: str, port: int, token: str, work: Path, notebook: str) -> list
 
 
 def _home(home: Path) -> dict[str, str]:
-    """A throwaway Jupyter home: news toast off, a python3 kernel that is this interpreter."""
+    """A throwaway Jupyter home: news toast off, every cell kept in the page (no windowing, so all outputs can be
+    measured), a python3 kernel that is this interpreter."""
     settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    tracker = home / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     kernels = home / "jupyter-path" / "kernels" / "python3"
     kernels.mkdir(parents=True)
     (kernels / "kernel.json").write_text(json.dumps({
@@ -121,14 +125,15 @@ def start(app: str, notebook: Path, tmp_path: Path) -> tuple[subprocess.Popen, d
     return proc, server
 
 
-def drive(server: dict[str, Any], presses: int, key: str = "ArrowRight", timeout: float = 420) -> dict[str, Any]:
+def drive(server: dict[str, Any], presses: int, key: str = "ArrowRight", timeout: float = 900) -> dict[str, Any]:
     """Run drive.mjs against ``server``; returns its JSON (screenshot in test-artifacts/<app>_panel.png)."""
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / ("pruning_panel.png" if server["app"] == "lab" else f"{server['app']}_panel.png")
     shot.unlink(missing_ok=True)
     env = {**os.environ, "NBOPT_LAB_URL": server["url"], "NBOPT_TOKEN": server["token"],
            "NBOPT_NOTEBOOK": server["notebook"], "NBOPT_SCREENSHOT": str(shot), "NBOPT_PRESSES": str(presses),
-           "NBOPT_KEY": key, "NBOPT_FRONTEND": server["app"], "NBOPT_CHROMIUM": CHROMIUM}
+           "NBOPT_KEY": key, "NBOPT_FRONTEND": server["app"], "NBOPT_CHROMIUM": CHROMIUM,
+           "NBOPT_RUN_TIMEOUT_MS": str(int(1000 * (timeout - 240)))}  # Run All on 2 loaded cores: minutes
     proc = subprocess.run(["node", str(HERE / "drive.mjs")], cwd=HERE, env=env, capture_output=True, text=True,
                           timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -139,6 +144,29 @@ def drive(server: dict[str, Any], presses: int, key: str = "ArrowRight", timeout
                                                             server["log"].read_text()[-2000:])
     assert out["errors"] == [], out["errors"]
     assert Path(out["screenshot"]).exists() and Path(out["screenshot"]).stat().st_size > 10_000
+    return out
+
+
+def look(server: dict[str, Any], name: str, timeout: float = 900) -> dict[str, Any]:
+    """Run tutorial.mjs against ``server``: Run All, measure, screenshot, drive the panels. Returns its JSON;
+    screenshots land in test-artifacts/browser/<name>/ (emptied first)."""
+    folder = ARTIFACTS / "browser" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    env = {**os.environ, "NBOPT_LAB_URL": server["url"], "NBOPT_TOKEN": server["token"],
+           "NBOPT_NOTEBOOK": server["notebook"], "NBOPT_ARTIFACTS": str(folder), "NBOPT_CHROMIUM": CHROMIUM,
+           "NBOPT_RUN_TIMEOUT_MS": str(int(1000 * (timeout - 120)))}
+    proc = subprocess.run(["node", str(HERE / "tutorial.mjs")], cwd=HERE, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    (folder / "drive.log").write_text(proc.stderr)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON from tutorial.mjs (rc {proc.returncode}):\n{proc.stderr[-3000:]}\n" \
+                  f"{server['log'].read_text()[-3000:]}"
+    out = json.loads(lines[-1])
+    (folder / "result.json").write_text(json.dumps(out, indent=1))
+    out["folder"] = folder
+    assert proc.returncode == 0 and "failure" not in out, (out.get("failure"), proc.stderr[-3000:],
+                                                            server["log"].read_text()[-2000:])
     return out
 
 

@@ -17,7 +17,8 @@ def test_export_magic_stores_result(ip, tmp_path):
     value, err = run(ip, f"%export model x --format torchscript --path {tmp_path}/m.pt --no-latency -o ex")
     assert err is None
     ex = ip.user_ns["ex"]
-    assert value is ex and ex.path == tmp_path / "m.pt" and ex.max_abs_diff < 1e-5
+    assert value is None  # shown once by the magic, not again as the cell's value
+    assert ex.path == tmp_path / "m.pt" and ex.max_abs_diff < 1e-5
     assert ex.operators["aten::_convolution"] == 9
 
 
@@ -30,3 +31,15 @@ def test_export_magic_stores_result(ip, tmp_path):
 def test_export_magic_errors_are_usage_errors(ip, line, message):
     with pytest.raises(UsageError, match=message):
         ip.run_line_magic("export", line)
+
+
+def test_summary_renders_through_frames_once(ip, tmp_path, monkeypatch):
+    import nbopt.magics.export as magic
+
+    shown: list = []
+    monkeypatch.setattr(magic, "display", lambda obj: shown.append(getattr(obj, "data", obj)))
+    value, err = run(ip, f"%export model x --format torchscript --path {tmp_path}/m.pt --no-latency -o ex")
+    assert err is None and value is None and len(shown) == 1
+    html, ex = shown[0], ip.user_ns["ex"]
+    assert "KiB" in html and str(ex.file_bytes) not in html and "e+" not in html and "e-0" not in html
+    assert "nan" not in html.lower() and "operator types" in html

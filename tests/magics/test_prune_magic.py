@@ -58,3 +58,26 @@ def test_bad_input_is_usage_error(ip, line, words):
         ip.run_line_magic("prune", line)
     assert type(err.value) is UsageError
     assert words in str(err.value), str(err.value)
+
+
+@pytest.fixture()
+def shown(monkeypatch):
+    """What the magic displays, in order."""
+    import nbopt.magics.prune as magic
+
+    out: list = []
+    monkeypatch.setattr(magic, "display", lambda obj: out.append(getattr(obj, "data", obj)))
+    return out
+
+
+def test_summary_and_report_render_through_frames(ip, shown):
+    ip.run_line_magic("prune", "model --amount 0.5 --inputs x --no-latency --eval demo.evaluate -o r")
+    assert len(shown) == 1 and isinstance(shown[0], str)  # one HTML block: summary, notes, folded report
+    html = shown[0]
+    assert "105.87K" in html and "417.61 KiB" in html and "<details>" in html
+    assert "105866" not in html and "e+" not in html and "nan" not in html.lower()
+    assert "overflow-x:auto" in html and 'border="1"' not in html
+    r = ip.user_ns["r"]
+    assert r.summary.loc["params", "before"] == 105866.0  # the stored result keeps raw numbers
+    sparsity = r.report["sparsity"].iloc[0]
+    assert f"{100 * sparsity:.1f}%" in html and f"{sparsity:.6f}" not in html

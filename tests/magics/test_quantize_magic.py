@@ -16,18 +16,38 @@ def shell(ip):
 
 def test_help_lists_every_option(shell):
     doc = " ".join(shell.find_line_magic("quantize").__doc__.split())  # argparse wraps the help
-    for opt in ("--calib", "--bits", "--act-bits", "--per-tensor", "--asymmetric", "--observer", "--mode",
-                "--eval", "--sensitivity", "-o", "NOT faster"):
+    for opt in ("--calib", "--bits", "--weight-bits", "--act-bits", "--group-size", "--method", "--per-tensor",
+                "--asymmetric", "--symmetric", "--observer", "--mode", "weight-only", "--eval", "--sensitivity", "-o",
+                "NOT faster", "one of rtn, gptq"):
         assert opt in doc
 
 
-def test_quantize_stores_result(shell, capsys):
+def test_quantize_stores_result(shell, monkeypatch):
+    import nbopt.magics.quantize as magic
+    shown = []
+    monkeypatch.setattr(magic, "display", shown.append)
     shell.run_line_magic("quantize", "qm --calib qcal --bits 4 --act-bits none --observer mse "
-                                      "--eval demo.evaluate -o q4")
+                                      "--eval demo.evaluate --repeat 3 -o q4")
     r = shell.user_ns["q4"]
     assert not r.real and (r.report.weight_bits == 4).all() and r.report.act_bits.isna().all()
     assert r.accuracy["fp32"] - r.accuracy["quantized"] <= 0.02
-    assert "not faster" in capsys.readouterr().out
+    assert r.latency["fp32"]["n"] <= 6  # --repeat 3
+    assert shown == [r]  # one display: the result, drawn by nbopt.display (summary, notes, report)
+    html = r._repr_html_()
+    assert "not faster" in html and "4-bit weights" in html and "[4]" not in html
+    assert "nan" not in html.lower() and "1.000000" not in html
+
+
+def test_the_simulated_note_names_the_widths_as_text(shell):
+    r = nbopt_quantize(shell, layer_bits={"fc": 8}, weight_bits=4)
+    note = next(n for n in r.notes if n.startswith("Simulated quantization"))
+    assert "4/8-bit weights" in note and "[" not in note
+
+
+def nbopt_quantize(shell, **kw):
+    import nbopt
+    return nbopt.quantize(shell.user_ns["qm"], shell.user_ns["qcal"][:1], act_bits=None, progress=False, repeat=1,
+                          **kw)
 
 
 @pytest.mark.parametrize("line, message", [

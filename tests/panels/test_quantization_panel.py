@@ -50,7 +50,7 @@ def test_bit_slider_readouts_equal_core(panel, model, calib):
 def test_toggles_and_float_activations(panel, model, calib):
     panel.set(weight_bits=4, act_bits=None, granularity="per_tensor", symmetric=False)
     assert panel.options() == {"weight_bits": 4, "act_bits": None, "granularity": "per_tensor", "symmetric": False,
-                               "layer_bits": {}}
+                               "layer_bits": {}, "method": "rtn"}
     direct = nbopt.quantize(model, calib, weight_bits=4, act_bits=None, granularity="per_tensor", symmetric=False,
                             evaluate=demo.evaluate, progress=False, repeat=1)
     assert panel.result.accuracy == direct.accuracy
@@ -98,3 +98,19 @@ def test_int8_button_shows_measured_speedup(model, calib):
     panel.int8_button.click()
     assert panel.int8 is not None and panel.int8.real
     assert f"{panel.int8.speedup:.2f}x" in panel.int8_html.value
+
+
+def test_layout_fits_the_notebook(panel):
+    """Fixed-width controls (a slider track stays >= 220 px next to any readout), buttons as wide as their labels,
+    tables through nbopt.display.frames (scroll box, no heavy borders), no GPTQ / group sizes the CNN cannot use."""
+    for s in (panel.weight_bits, panel.act_bits, panel.layer_bits_slider):
+        assert s.layout.width == s.layout.min_width == "480px" and s.layout.flex == "0 0 auto"
+        assert s.style.description_width == "160px"  # 480 - 160 - readout: a 224 px track (measured in JupyterLab 4)
+    for b in (panel.sens_button, panel.mixed_button, panel.layer_set, panel.layer_clear, panel.int8_button):
+        assert b.layout.width == "auto" and b.layout.min_width == "max-content"
+    assert panel.widget.children[0].layout.flex_flow == "row wrap"  # controls | readouts, wrapping when narrow
+    assert "nbopt-scroll" in panel.table.value and "overflow-x:auto" in panel.table.value
+    assert 'border="1"' not in panel.table.value and "<th>layer</th>" in panel.table.value
+    assert panel.method.layout.display == "none"  # convs: no GPTQ control
+    assert [v for _, v in panel.granularity.options] == ["per_channel", "per_tensor"]  # conv in-dims: no groups
+    assert "\n" not in repr(panel.result) and "TuneResult(W" in repr(panel.result)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import torch
 
+from ...distillation import logits_of  # one helper for every caller; re-exported by demo.lm
 from .corpus import text
 from .model import SEQ_LEN
 from .tokenizer import tokenizer
@@ -41,17 +41,6 @@ def calibration_data(n: int = 32, seq_len: int = 128, batch_size: int = 8) -> li
 def example_input(batch: int = 1) -> torch.Tensor:
     """A fixed English prompt as ``(batch, T)`` input ids (BOS first)."""
     return tokenizer(PROMPT).repeat(batch, 1)
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a causal LM's output (a transformers output, a dict, a tuple or a tensor)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, dict):
-        return output["logits"]
-    return output[0]
 
 
 @torch.no_grad()
