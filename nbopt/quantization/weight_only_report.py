@@ -15,7 +15,7 @@ from torch import nn
 
 from ..layers import linear_weight_view
 from .observers import sqnr_db
-from .report import layer_outputs
+from .report import output_sqnr
 
 COLUMNS = ["type", "weight_bits", "group_size", "symmetric", "method", "kernel", "weight_dtype", "params",
            "kernel_bytes", "weight_sqnr_db", "output_sqnr_db"]
@@ -46,8 +46,7 @@ def weight_only_report(reference: nn.Module, program: nn.Module, layers: list[st
                        group_size: int | None, symmetric: bool, method: str, kernel: str,
                        weight_dtypes: dict[str, str], example: Any | None) -> pd.DataFrame:
     """One row per quantized linear: its storage, bytes, weight SQNR and (with ``example``) output SQNR vs fp32."""
-    ref_out = layer_outputs(reference, layers, example) if example is not None else {}
-    q_out = layer_outputs(program, layers, example) if example is not None else {}
+    out_sqnr = output_sqnr(reference, program, layers, example) if example is not None else {}
     rows = []
     for name in layers:
         fp32, kernel_layer = reference.get_submodule(name), program.get_submodule(name)
@@ -59,7 +58,6 @@ def weight_only_report(reference: nn.Module, program: nn.Module, layers: list[st
             "kernel": kernel, "weight_dtype": weight_dtypes.get(name, ""), "params": w.numel(),
             "kernel_bytes": _tensor_bytes(kernel_layer),
             "weight_sqnr_db": sqnr_db(w, deq) if deq is not None else math.nan,
-            "output_sqnr_db": sqnr_db(ref_out[name].float(), q_out[name].float())
-            if name in ref_out and name in q_out else math.nan,
+            "output_sqnr_db": out_sqnr.get(name, math.nan),
         })
     return pd.DataFrame(rows, columns=["layer"] + COLUMNS).set_index("layer")
