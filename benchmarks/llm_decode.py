@@ -1,5 +1,6 @@
 """Batch-1 decode tokens/s and prefill time of a Llama: fp32 eager vs fp32 torch.compile vs bf16 vs each nbopt
-program (int8 and int4 weight-only on PyTorch's aten CPU kernels, eager and compiled; on onnxruntime's MatMulNBits;
+program (int8 and int4 weight-only on PyTorch's aten CPU kernels, eager and compiled; on onnxruntime's MatMulNBits
+per layer; the whole decode step as one onnxruntime graph, ``nbopt.export_decoder``, fp32 and MatMulNBits;
 torchao's int8 weight-only and int8 dynamic), side by side in one run.
 
 Two models: a ~200M-parameter Llama config with random weights (decode speed does not depend on the values) and
@@ -11,6 +12,8 @@ the rounds), so a change of machine load hits every program alike. 2 threads by 
 CPU capability as torch reports it (AVX2 / AVX512 / VNNI) and the load average before and after.
 Decoding on a CPU is bound by the bytes of weights read per token where the kernels keep up: the ceiling is ~4x
 (int8) and ~8x (int4) over fp32.
+"(onnxruntime graph)" programs run prefill and steps through ``OnnxDecoder`` (numpy in, numpy out, the cache as
+the session's inputs and outputs).
 Usage: python benchmarks/llm_decode.py [--models big,demo] [--tokens 16] [--prompt 32] [--repeat 3]
        [--no-compile] [--threads 2] [--programs "int8,int4 g128"] [--skip torchao]
 """
@@ -32,7 +35,8 @@ from nbopt.quantization.weight_only import dynamic_int8, quantize_weights
 
 BIG = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
            num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048)
-REFS = ("fp32 eager", "bf16 eager", "fp32 torch.compile")
+REFS = ("fp32 eager", "bf16 eager", "fp32 torch.compile", "fp32 (onnxruntime graph)")
+GRAPH = "(onnxruntime graph)"  # the whole decode step as one onnxruntime session (nbopt.deployment.export_decoder)
 
 
 def big_llama() -> torch.nn.Module:
@@ -44,8 +48,8 @@ def big_llama() -> torch.nn.Module:
 class Program:
     """A model to time: eager (DynamicCache) or with a compiled decode step (StaticCache)."""
 
-    def __init__(self, model: torch.nn.Module, nbytes: int, compiled: bool = False) -> None:
-        self.model, self.nbytes, self.compiled = model, nbytes, compiled
+    def __init__(self, model: torch.nn.Module | None, nbytes: int, compiled: bool = False, decoder=None) -> None:
+        self.model, self.nbytes, self.compiled, self.decoder = model, nbytes, compiled, decoder
         self.step: Callable = torch.compile(model.forward, dynamic=False) if compiled else model
 
     def cache(self, length: int):
@@ -56,6 +60,8 @@ class Program:
 @torch.no_grad()
 def decode(prog: Program, prompt: torch.Tensor, tokens: int) -> tuple[float, float, list[int]]:
     """(prefill seconds, decode tokens/s, greedy tokens) of one generation with a KV cache."""
+    if prog.decoder is not None:
+        return _decode_graph(prog.decoder, prompt, tokens)
     n = prompt.shape[1]
     cache = prog.cache(n + tokens)
     t0 = time.perf_counter()
@@ -71,12 +77,37 @@ def decode(prog: Program, prompt: torch.Tensor, tokens: int) -> tuple[float, flo
     return t1 - t0, tokens / (t2 - t1), seen
 
 
+def _decode_graph(dec, prompt: torch.Tensor, tokens: int) -> tuple[float, float, list[int]]:
+    """The same greedy loop on an exported decoder: one onnxruntime call per step, the cache as its in/outputs."""
+    t0 = time.perf_counter()
+    logits, cache = dec.prefill(prompt)
+    nxt = logits.argmax(-1)[:, None]
+    t1 = time.perf_counter()
+    seen = []
+    for _ in range(tokens):
+        logits, cache = dec.step(nxt, cache)
+        nxt = logits.argmax(-1)[:, None]
+        seen.append(int(nxt[0, 0]))
+    t2 = time.perf_counter()
+    return t1 - t0, tokens / (t2 - t1), seen
+
+
+def _graph(model: torch.nn.Module, bits: int | None = None, group: int | None = None) -> Program:
+    """The whole decode step exported to one onnxruntime session: fp32, or the MatMulNBits program."""
+    from nbopt.deployment import export_decoder
+    if bits is None:
+        return Program(None, size_bytes(model), decoder=export_decoder(model))
+    r = quantize_weights(model, bits, group, kernel="onnxruntime", progress=False)
+    return Program(None, r.size_bytes, decoder=export_decoder(r.model))
+
+
 def variants(model: torch.nn.Module, compile_: bool):
     """(name, builder) of each program; built one at a time."""
     yield "fp32 eager", lambda: Program(model, size_bytes(model))
     yield "bf16 eager", lambda: Program(copy.deepcopy(model).to(torch.bfloat16), size_bytes(model) // 2)
     if compile_:
         yield "fp32 torch.compile", lambda: Program(model, size_bytes(model), compiled=True)
+    yield f"fp32 {GRAPH}", lambda: _graph(model)
     for bits, group, tag in ((8, None, "int8"), (4, 128, "int4 g128"), (4, 32, "int4 g32")):
         yield f"{tag} (aten)", lambda b=bits, g=group: _q(model, b, g, "aten")
         if compile_:
@@ -85,6 +116,7 @@ def variants(model: torch.nn.Module, compile_: bool):
         if compile_:
             yield f"{tag} (onnxruntime MatMulNBits) torch.compile", \
                 lambda b=bits, g=group: _q(model, b, g, "onnxruntime", compiled=True)
+        yield f"{tag} MatMulNBits {GRAPH}", lambda b=bits, g=group: _graph(model, b, g)
     yield "int8 (torchao Int8WeightOnlyConfig)", lambda: _q(model, 8, None, "torchao")
     yield "int8 dynamic (torchao Int8DynamicActivationInt8WeightConfig)", \
         lambda: _r(dynamic_int8(model))
@@ -141,8 +173,8 @@ def run(name: str, model: torch.nn.Module, args) -> None:
             runs[label].append(decode(prog, prompt, args.tokens))
     load1 = os.getloadavg()
     print("| program | weights (MiB) | build+warm-up (s) | prefill (ms) | decode tokens/s | min-max tokens/s | "
-          "vs fp32 eager | vs bf16 | vs compile fp32 | tokens = fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "vs fp32 eager | vs bf16 | vs compile fp32 | vs fp32 onnxruntime graph | tokens = fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     tps = {label: statistics.median(r[1] for r in rs) for label, rs in runs.items()}
     ref_tokens = runs["fp32 eager"][0][2] if "fp32 eager" in runs else None
     for label, prog in progs.items():

@@ -7,6 +7,7 @@ Public API (imported lazily so ``import nbopt`` stays fast)::
     nbopt.quantize / sensitivity / mixed_precision / qat / QuantTuner     quantization
     nbopt.Pruner / prune / finetune     pruning
     nbopt.fuse / export / compatibility / peak_memory / threads_sweep      deployment
+    nbopt.export_decoder                a causal LM's generation as one onnxruntime program
     nbopt.optimize                      the whole pipeline, measured step by step
     nbopt.distill                       knowledge distillation (teacher -> student) on a copy
     nbopt.search / SearchPanel          accuracy-budgeted compression search (Optuna; local or dask)
@@ -63,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "QuantizationPanel": ".panels",
     "fuse": ".deployment",
     "export": ".deployment",
+    "export_decoder": ".deployment",
     "ExportResult": ".deployment",
     "register_format": ".deployment",
     "compatibility": ".deployment",

@@ -32,7 +32,8 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
     ``{"accuracy_drop": 0.005}`` keeps trials within half a point of the fp32 accuracy (an Optuna constraint:
     infeasible trials are kept but are never on the front). ``space``: a :class:`SearchSpace`; default
     :func:`default_space` (seeded from the profiler and ``nbopt.sensitivity``). ``train_data`` (labelled
-    batches) adds recovery (fine-tune / distill from ``model``, ``recover_epochs``) to the default space.
+    batches) adds recovery (fine-tune / distill from ``model``, for ``recover_epochs``, 2x or 4x as many) and
+    deeper pruning to the default space; its fp32 points run in eager torch or onnxruntime (``runtime``).
 
     ``storage``: an SQLite file path (default ``./nbopt_search.db``), a database URL, or a ``.log`` journal file;
     calling again with the same storage and ``study_name`` continues the study (``n_trials`` more). ``engine``:
@@ -60,7 +61,8 @@ def search(model: nn.Module, example_input: Any, *, calib: Any, evaluate: Callab
         raise InputError(f"constraints supports {{'accuracy_drop': fraction}} (needs evaluate=), got {constraints!r}")
     if calib is None:
         raise InputError("search needs calib= (calibration batches, e.g. demo.calibration_data()) for int8 builds")
-    space = space or default_space(model, example_input, calib, recover=train_data is not None)
+    space = space or default_space(model, example_input, calib, recover=train_data is not None,
+                                   epochs=tuple(sorted({recover_epochs, 2 * recover_epochs, 4 * recover_epochs})))
     url = storage_url(storage)
     study = open_study(url, study_name, objs, fingerprint(model, space, objs, constraints), seed, n_startup)
     since = len(study.trials)  # this call's budget: n_trials trials numbered from here (the enqueued one too)

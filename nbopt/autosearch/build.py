@@ -1,4 +1,5 @@
-"""Build one Config into a model (prune -> recover -> fold/quantize) and measure it (accuracy, latency, size)."""
+"""Build one Config into a model (prune -> recover -> fold/quantize, or the fp32 graph in onnxruntime) and measure
+it (accuracy, latency, size)."""
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,7 @@ def build_config(model: nn.Module, example_input: Any, cfg: Config, *, calib: An
         pruner.set(cfg.amount, structured=True, overrides={k: v for k, v in cfg.overrides.items()})
         built = pruner.export().eval()
     if cfg.recover != "none" and train_data is not None:
-        built = _recover(built, model, cfg.recover, train_data, recover_epochs, seed)
+        built = _recover(built, model, cfg.recover, train_data, cfg.epochs or recover_epochs, seed, cfg.lr)
     if cfg.quant == "int8":
         from ..quantization.backends import BUILDERS
         from ..quantization.calibration import first_input
@@ -52,14 +53,49 @@ def build_config(model: nn.Module, example_input: Any, cfg: Config, *, calib: An
         info["size_bytes"] = q.size_bytes["quantized"]["deployable"]
         return q.model, info
     built = eval_folded(working_copy(built))
+    if cfg.runtime == "onnxruntime":
+        program = onnx_fp32(built, example_input)
+        info["size_bytes"] = len(program.onnx_bytes)
+        return program, info
     info["size_bytes"] = disk_bytes(built)
     return built, info
 
 
-def _recover(pruned: nn.Module, teacher: nn.Module, how: str, data: Any, epochs: int, seed: int) -> nn.Module:
+def onnx_fp32(model: nn.Module, example_input: Any) -> nn.Module:
+    """``model`` exported to ONNX (batch dimension free) and run by onnxruntime, in float32: the int8 backend's
+    exporter and session module (:mod:`nbopt.quantization.backends.onnxruntime`), without quantizing."""
+    from .. import graph
+    from ..inputs import tensors_in
+    from ..errors import require
+    from ..quantization.backends.onnxruntime import OrtModule, export_onnx
+
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        require(mod, extra="deploy", purpose='runtime="onnxruntime" (an fp32 ONNX program)')
+    with torch.no_grad():
+        eager = call(model, example_input)
+    graph.check_tensor_outputs(eager, "the fp32 onnxruntime runtime")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fp32.onnx")
+        export_onnx(model, example_input, path)
+        data = Path(path).read_bytes()
+    inputs = [(tuple(t.shape), t.dtype) for t in tensors_in(example_input)]
+    return OrtModule(data, outputs=graph.OutputStructure(eager), inputs=inputs)
+
+
+def _recover(pruned: nn.Module, teacher: nn.Module, how: str, data: Any, epochs: int, seed: int,
+             lr: float | None = None) -> nn.Module:
+    """Fine-tune or distill; a DataLoader's own shuffling generator is put back as it was afterwards, so every trial
+    (and ``SearchResult.build``) sees the same batch order and the user's loader is left unchanged."""
     from ..distillation import recover
 
-    return recover(pruned, teacher, how, data, epochs=epochs, seed=seed, progress=False)
+    gen = getattr(data, "generator", None)
+    state = gen.get_state() if isinstance(gen, torch.Generator) else None
+    try:
+        rate = {} if lr is None else {"lr": lr}
+        return recover(pruned, teacher, how, data, epochs=epochs, seed=seed, progress=False, **rate)
+    finally:
+        if state is not None:
+            gen.set_state(state)
 
 
 def lock_path() -> Path:

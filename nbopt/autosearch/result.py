@@ -84,7 +84,8 @@ class SearchResult:
 
     def build(self, trial: int, *, export: bool = False, format: str = "onnx", path: Any = None) -> Any:
         """The compressed model of trial number ``trial``, rebuilt the same way; with ``export`` also its export
-        (``(model, ExportResult)``; fp32 variants only — an int8 program is already an exported ONNX model)."""
+        (``(model, ExportResult)``; an onnxruntime program, int8 or fp32 ``runtime="onnxruntime"``, saves its own
+        graph)."""
         from .build import build_config
 
         c = self._context

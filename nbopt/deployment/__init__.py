@@ -5,6 +5,7 @@ capability is :mod:`nbopt.pipeline`."""
 from __future__ import annotations
 
 from .compatibility import TARGETS, compatibility
+from .decoder import OnnxDecoder, export_decoder
 from .export import FORMATS, ExportOptions, ExportResult, Format, Written, export, register_format
 from .fuse import FuseResult, fuse
 from .memory import MemoryReport, peak_memory
@@ -13,4 +14,4 @@ from .threads import threads_sweep
 
 __all__ = ["fuse", "FuseResult", "export", "ExportResult", "FORMATS", "Format", "ExportOptions", "Written",
            "register_format", "compatibility", "TARGETS", "peak_memory", "MemoryReport", "threads_sweep",
-           "RuntimeModule"]
+           "RuntimeModule", "export_decoder", "OnnxDecoder"]

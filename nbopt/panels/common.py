@@ -247,6 +247,11 @@ def slider_layout(width: str = SLIDER_WIDTH) -> widgets.Layout:
     return widgets.Layout(width=width, min_width=width, flex="0 0 auto")
 
 
+def percent_format(step: float) -> str:
+    """A fraction slider's readout format: "30%" (whole percents when the step allows, else one decimal)."""
+    return ".0%" if round(step * 100, 6) == round(step * 100) else ".1%"
+
+
 def button_layout(label: str, *, icon: bool = True) -> widgets.Layout:
     """A button's ``Layout`` wide enough for ``label`` (and its icon) in JupyterLab's UI font, never shrunk."""
     px = f"{max(100, 8 * len(label) + (44 if icon else 28))}px"

@@ -22,8 +22,8 @@ from ..inputs import check_module
 from ..display.figures import plot_accuracy_history
 from ..display.format import readable, readable_bytes
 from ..display.frames import html_table
-from .common import (DEFAULT_DEBOUNCE_S, LABEL_STYLE, Panel, button_layout, column, figure_widget, percent, row,
-                     show_figure, slider_layout, table_widget)
+from .common import (DEFAULT_DEBOUNCE_S, LABEL_STYLE, Panel, button_layout, column, figure_widget, percent,
+                     percent_format, row, show_figure, slider_layout, table_widget)
 
 TABLE_COLUMNS = ["type", "sparsity", "params_before", "params_after", "dense_macs", "effective_macs",
                  "channels", "channels_kept"]
@@ -115,7 +115,8 @@ class PruningPanel(Panel):
         self._accuracy_cache: dict[tuple, float] = {}
 
         self.amount = widgets.FloatSlider(value=amount, min=0.0, max=max_amount, step=step, description="sparsity",
-                                          continuous_update=False, readout_format=".2f", style=LABEL_STYLE,
+                                          continuous_update=False, readout_format=percent_format(step),
+                                          style=LABEL_STYLE,
                                           layout=slider_layout())
         self.hint = widgets.HTML(layout=widgets.Layout(width=LEFT_WIDTH)).add_class("nbopt-hint")
         self.export_button = widgets.Button(description="Export", button_style="success", icon="download",
@@ -167,7 +168,8 @@ class PruningPanel(Panel):
                                                style=LABEL_STYLE, layout=widgets.Layout(width="420px"))
         self.override_amount = widgets.FloatSlider(value=0.0, min=0.0, max=max_amount, step=step,
                                                    description="its sparsity", continuous_update=False,
-                                                   readout_format=".2f", style=LABEL_STYLE, layout=slider_layout())
+                                                   readout_format=percent_format(step), style=LABEL_STYLE,
+                                                   layout=slider_layout())
         self.override_set = widgets.Button(description="Override layer", icon="plus",
                                            layout=button_layout("Override layer"))
         self.override_clear = widgets.Button(description="Clear overrides", icon="times",
@@ -363,15 +365,25 @@ class PruningPanel(Panel):
             self._history[(mode, repr(sorted(s["overrides"].items())), round(self.totals["sparsity"], 4))] = \
                 self.accuracy
             self.accuracy_html.value = (f"<span class='nbopt-accuracy-value' style='font-size:1.3em'>accuracy "
-                                        f"<b>{100 * self.accuracy:.2f}%</b></span> with {self.headline()}")
+                                        f"<b>{100 * self.accuracy:.2f}%</b></span> with {self.headline()}" +
+                                        self._setting_tag(s))
             self._plot(mode)
         else:
-            self.accuracy_html.value = f"<i>accuracy: pass evaluate=... to see it</i> · {self.headline()}"
+            self.accuracy_html.value = (f"<i>accuracy: pass evaluate=... to see it</i> · {self.headline()}" +
+                                        self._setting_tag(s))
         if self.measure_latency is True:
             self.measure()
         else:
             self.measured_html.value = ("<i>latency: click “Measure latency” (times the exported model)</i>"
                                         if self.measure_latency == "button" else "")
+
+    @staticmethod
+    def _setting_tag(setting: dict[str, Any]) -> str:
+        """An empty element naming the slider amount these readouts belong to (``data-amount``), so a page (or a
+        browser test) can tell the final render from one made for an earlier slider event."""
+        attrs = " ".join(f"data-{key}='{float(setting[key]):.6f}'" for key in ("amount", "threshold")
+                         if setting.get(key) is not None)
+        return f"<span class='nbopt-setting' {attrs}></span>"
 
     def mode(self) -> str:
         """The plot's series of the current setting: "structured", "unstructured per layer", "wanda 2:4", ..."""

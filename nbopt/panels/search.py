@@ -153,8 +153,9 @@ class SearchPanel(Panel):
         cfg = self.result.config(self.point.value)
         rows = {"structured amount (other groups)": cfg["amount"],
                 **{f"prune {k}": v for k, v in cfg["overrides"].items()},
-                "precision": cfg["quant"] + (f" ({cfg['backend']})" if cfg["quant"] == "int8" else ""),
-                **{f"bits {k}": v for k, v in cfg["bits"].items()}, "recovery": cfg["recover"]}
+                "precision": cfg["quant"] + (f" ({cfg['backend']})" if cfg["quant"] == "int8" else
+                                             f" ({cfg.get('runtime', 'torch')})" if cfg["quant"] == "fp32" else ""),
+                **{f"bits {k}": v for k, v in cfg["bits"].items()}, "recovery": _recovery(cfg)}
         df = pd.DataFrame({"setting": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="trial "
                                                                                       f"{self.point.value}"))
         self.settings.value = html_table(df, kinds={"setting": "text"}, max_rows=None)
@@ -163,3 +164,12 @@ class SearchPanel(Panel):
     def __repr__(self) -> str:
         n = 0 if self.result is None else len(self.result.trials)
         return f"SearchPanel({n} trials, front {0 if self.result is None else len(self.result.front)})"
+
+
+def _recovery(cfg: dict) -> str:
+    """"distill, 8 epochs, lr 0.003" (what the trial's recovery did; epochs/lr only where the trial chose them)."""
+    if cfg["recover"] == "none":
+        return "none"
+    extra = [f"{cfg['epochs']} epochs"] if cfg.get("epochs") else []
+    extra += [f"lr {cfg['lr']:g}"] if cfg.get("lr") else []
+    return ", ".join([cfg["recover"], *extra])

@@ -288,6 +288,9 @@ def _weight_only(model: nn.Module, calib: Any, bits: int, group_size: int | None
         result.notes.append(f"Speedup {result.speedup_text()} is one forward of the first calibration batch (a "
                             "prefill) against fp32 eager; decoding reads every weight once per token, which is "
                             "where fewer weight bytes pay off (benchmarks/llm_decode.py measures tokens/s).")
+    if wo.kernel == "onnxruntime" and hasattr(getattr(wo.model, "config", None), "num_hidden_layers"):
+        result.notes.append("For generation: nbopt.export_decoder(result.model) runs the whole decode step (KV cache "
+                            "in and out, these MatMulNBits layers) in one onnxruntime session.")
     return result
 
 

@@ -3,7 +3,7 @@
 // JupyterLab, what the kernel computes). NBOPT_FRONTEND: lab (default) | notebook (Notebook 7) | voila.
 // Usage: node drive.mjs  (config from env: NBOPT_LAB_URL, NBOPT_TOKEN, NBOPT_NOTEBOOK, NBOPT_SCREENSHOT,
 // NBOPT_PRESSES, NBOPT_KEY, NBOPT_FRONTEND). Prints one line of JSON on stdout; exits non-zero on failure.
-import { kernelIdle, launch, openAndRun as open } from './lab.mjs';
+import { kernelIdle, openAndRun as open, runPage } from './lab.mjs';
 
 const base = process.env.NBOPT_LAB_URL;
 const token = process.env.NBOPT_TOKEN;
@@ -14,16 +14,12 @@ const key = process.env.NBOPT_KEY || 'ArrowRight';
 const frontend = process.env.NBOPT_FRONTEND || 'lab';
 const log = (...a) => console.error(new Date().toISOString(), frontend, ...a);
 
-const browser = await launch();
 const result = { presses, key, frontend };
 
 // JupyterLab 4 or Notebook 7 (both expose window.jupyterapp): open the notebook, run all cells, wait until done.
 const openAndRun = (page) => open(page, { base, token, notebook, frontend, log, result });
 
-try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-  page.setDefaultTimeout(120000);
-  page.on('pageerror', (e) => log('pageerror', e.message));
+await runPage(result, async (page) => {
   if (frontend === 'voila') {  // Voila executes the notebook when the page is requested and renders its outputs
     await page.goto(`${base}/?token=${token}`);
   } else {
@@ -64,8 +60,19 @@ try {
     const el = document.querySelector('.nbopt-pruning-panel .nbopt-accuracy');
     return el && el.textContent.trim() !== before;
   }, result.before.accuracy, { timeout: 120000, polling: 200 });
-  // The panel debounces slider events: the kernel can be idle between a first render and the final one, so
-  // wait until the readout has stayed the same for two seconds with the kernel idle (at most a minute).
+  // The panel debounces slider events: the kernel can be idle between a first render and the final one. The
+  // readouts name the amount they were computed for (data-amount): wait until it is the slider's own value,
+  // then until the readout has stayed the same for two seconds with the kernel idle (at most a minute).
+  await page.waitForFunction(() => {
+    const tag = document.querySelector('.nbopt-pruning-panel .nbopt-accuracy .nbopt-setting');
+    const shown = document.querySelector('.nbopt-pruning-panel .widget-readout');
+    if (!tag || !shown) return false;
+    const slider = parseFloat(shown.textContent) / (shown.textContent.includes('%') ? 100 : 1);
+    return Math.abs(parseFloat(tag.dataset.amount) - slider) < 1e-6;
+  }, null, { timeout: 120000, polling: 200 }).catch(async (e) => {
+    log('readouts never named the slider value:', await accuracy.innerHTML(), '| slider', await readout.textContent());
+    throw e;
+  });
   let settled = (await accuracy.textContent()).trim();
   for (let i = 0; i < 30; i++) {
     if (frontend !== 'voila') await kernelIdle(page);
@@ -85,14 +92,7 @@ try {
   if (frontend === 'lab') result.kernel = await kernelCheck(page);
   await panel.screenshot({ path: screenshot });
   result.screenshot = screenshot;
-  console.log(JSON.stringify(result));
-} catch (err) {
-  result.failure = String(err && err.stack || err);
-  console.log(JSON.stringify(result));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+}, { viewport: { width: 1400, height: 1000 }, log });
 
 async function kernelCheck(page) {
   const code = `

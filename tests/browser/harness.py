@@ -182,5 +182,5 @@ def check_page(out: dict[str, Any], expected: dict[str, Any]) -> None:
         assert rows[layer][col["sparsity"]] == percent(expected["sparsity"][i]), layer
         assert rows[layer][col["params_after"]] == readable(expected["params_after"][i]), layer
         assert rows[layer][col["effective_macs"]] == readable(expected["effective_macs"][i]), layer
-    assert f"accuracy {100 * expected['accuracy']:.2f}%" in after["accuracy"]
+    assert f"accuracy {100 * expected['accuracy']:.2f}%" in after["accuracy"], (after["accuracy"], expected)
     assert f"{100 * expected['total_sparsity']:.1f}%" in after["totals"]

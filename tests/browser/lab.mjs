@@ -8,6 +8,24 @@ export const launch = () => chromium.launch({
          '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
 });
 
+// Run `main(page)` on a new page of a fresh browser, then print `result` as one line of JSON on stdout (with
+// `failure` when `main` threw, and a non-zero exit code) and close the browser: what both scripts end with.
+export async function runPage(result, main, { viewport, log = () => {} }) {
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport });
+    page.setDefaultTimeout(120000);
+    page.on('pageerror', (e) => log('pageerror', e.message));
+    await main(page);
+  } catch (err) {
+    result.failure = String(err && err.stack || err);
+    process.exitCode = 1;
+  } finally {
+    console.log(JSON.stringify(result));
+    await browser.close();
+  }
+}
+
 export const kernelIdle = (page, timeout = 120000) => page.waitForFunction(
   () => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle', null,
   { polling: 250, timeout });

@@ -49,7 +49,7 @@ def expected(amount: float) -> dict:
 def test_slider_key_press_updates_panel(jupyter, notebook, app, key, presses, value):
     out = drive(jupyter(app, notebook), presses, key=key)
     before, after = out["before"], out["after"]
-    assert before["readout"] == "0.00" and after["readout"] == f"{value:.2f}"
+    assert before["readout"] == "0%" and after["readout"] == f"{value:.0%}"
     assert after["rows"] != before["rows"] and after["accuracy"] != before["accuracy"]
     assert after["plot"] != before["plot"], "the plot did not update in place"
     check_page(out, expected(value))

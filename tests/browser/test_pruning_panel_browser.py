@@ -20,9 +20,9 @@ def test_slider_moved_with_keyboard_updates_table_and_accuracy(jupyter):
     out = drive(jupyter("lab", ROOT / "notebooks" / "03_pruning.ipynb"), PRESSES)
 
     before, after = out["before"], out["after"]
-    assert float(before["valuenow"]) == 0.0 and before["readout"] == "0.00"
+    assert float(before["valuenow"]) == 0.0 and before["readout"] == "0%"
     assert float(after["valuenow"]) == pytest.approx(0.05 * PRESSES, abs=0.051)  # aria value has 1 decimal
-    assert after["readout"] == f"{0.05 * PRESSES:.2f}"
+    assert after["readout"] == f"{0.05 * PRESSES:.0%}"
     assert after["rows"] != before["rows"] and after["accuracy"] != before["accuracy"]
     assert before["plot"] and after["plot"] and after["plot"] != before["plot"], "the plot did not update in place"
 

@@ -4,7 +4,7 @@
 // with the mouse, checking that the panel redraws after each.
 // Config from env: NBOPT_LAB_URL, NBOPT_TOKEN, NBOPT_NOTEBOOK, NBOPT_ARTIFACTS (screenshot folder),
 // NBOPT_RUN_TIMEOUT_MS. Prints one line of JSON on stdout; exits non-zero on failure.
-import { kernelIdle, launch, openAndRun } from './lab.mjs';
+import { kernelIdle, openAndRun, runPage } from './lab.mjs';
 
 const base = process.env.NBOPT_LAB_URL;
 const token = process.env.NBOPT_TOKEN;
@@ -131,11 +131,7 @@ async function drivePanel(page, panel, n) {
   return record;
 }
 
-const browser = await launch();
-try {
-  const page = await browser.newPage({ viewport: VIEWPORT });
-  page.setDefaultTimeout(120000);
-  page.on('pageerror', (e) => log('pageerror', e.message));
+await runPage(result, async (page) => {
   await openAndRun(page, { base, token, notebook, log, result });
   await page.waitForTimeout(2000);  // let widget views and images finish rendering
   result.errors = await page.$$eval('.jp-OutputArea-output',
@@ -174,11 +170,4 @@ try {
   await kernelIdle(page);
   result.final = await page.evaluate(measure);
   for (let n = 0; n < count; n++) await shot(page.locator(`[data-nbopt-panel="${n}"]`), `panel-${n}-3-accordions-open`);
-  console.log(JSON.stringify(result));
-} catch (err) {
-  result.failure = String(err && err.stack || err);
-  console.log(JSON.stringify(result));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+}, { viewport: VIEWPORT, log });

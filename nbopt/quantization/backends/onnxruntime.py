@@ -33,25 +33,30 @@ class OrtModule(nn.Module):
         super().__init__()
         self.onnx_bytes, self.threads = onnx_bytes, threads or torch.get_num_threads()
         self.outputs, self.inputs, self.dtype = outputs, inputs, dtype
-        self._session = None
+        self._session, self._names, self._checked = None, [], None
 
     @property
     def session(self) -> Any:
         if self._session is None:
             self._session = graph.ort_session(self.onnx_bytes, threads=self.threads, extra="int8",
                                               purpose="the int8 path")
+            self._names = [i.name for i in self._session.get_inputs()]
         return self._session
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_session": None}
+        return {**self.__dict__, "_session": None, "_names": [], "_checked": None}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        names = [i.name for i in self.session.get_inputs()]
-        values = list(tensors_in((args, kwargs)))
-        self._check(values, (args, kwargs))
+        session = self.session
+        one = not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor)  # the common call, no tree walk
+        values = [args[0]] if one else list(tensors_in((args, kwargs)))
+        signature = tuple((v.dim(), v.shape[1:], v.dtype) for v in values)  # what _check looks at (dim 0 free)
+        if signature != getattr(self, "_checked", None):
+            self._check(values, (args, kwargs))
+            self._checked = signature
         if self.dtype is not None:
             values = [v.float() if v.is_floating_point() else v for v in values]
-        feed = {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+        feed = {n: v.detach().cpu().numpy() for n, v in zip(self._names, values)}
         outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
         if self.dtype is not None:
             outs = [o.to(self.dtype) if o.is_floating_point() else o for o in outs]
