@@ -54,32 +54,12 @@ def build_config(model: nn.Module, example_input: Any, cfg: Config, *, calib: An
         return q.model, info
     built = eval_folded(working_copy(built))
     if cfg.runtime == "onnxruntime":
-        program = onnx_fp32(built, example_input)
+        from ..quantization.backends.onnxruntime import build_fp32
+        program = build_fp32(built, example_input)
         info["size_bytes"] = len(program.onnx_bytes)
         return program, info
     info["size_bytes"] = disk_bytes(built)
     return built, info
-
-
-def onnx_fp32(model: nn.Module, example_input: Any) -> nn.Module:
-    """``model`` exported to ONNX (batch dimension free) and run by onnxruntime, in float32: the int8 backend's
-    exporter and session module (:mod:`nbopt.quantization.backends.onnxruntime`), without quantizing."""
-    from .. import graph
-    from ..inputs import tensors_in
-    from ..errors import require
-    from ..quantization.backends.onnxruntime import OrtModule, export_onnx
-
-    for mod in ("onnx", "onnxruntime", "onnxscript"):
-        require(mod, extra="deploy", purpose='runtime="onnxruntime" (an fp32 ONNX program)')
-    with torch.no_grad():
-        eager = call(model, example_input)
-    graph.check_tensor_outputs(eager, "the fp32 onnxruntime runtime")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "fp32.onnx")
-        export_onnx(model, example_input, path)
-        data = Path(path).read_bytes()
-    inputs = [(tuple(t.shape), t.dtype) for t in tensors_in(example_input)]
-    return OrtModule(data, outputs=graph.OutputStructure(eager), inputs=inputs)
 
 
 def _recover(pruned: nn.Module, teacher: nn.Module, how: str, data: Any, epochs: int, seed: int,

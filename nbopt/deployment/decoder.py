@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError, require
 from ..inputs import check_module
-from ..model_state import working_copy
+from ..model_state import preserved, working_copy
 
 MOE_EXPORT = "batched_mm"  # transformers' experts implementation that exports (grouped_mm is a custom op)
 _SAMPLE = dict(batch=2, new=3, past=5)  # distinct, > 1: the exporter keeps every length symbolic
@@ -47,6 +47,12 @@ class _Step(nn.Module):
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         present = [t for layer in cache.layers[: self.layers] for t in (layer.keys, layer.values)]
         return (out.logits[:, -1], *present)
+
+
+def cache_names(layers: int, prefix: str) -> list[str]:
+    """``{prefix}.{i}.key`` / ``.value`` for every layer, in the graph's input (``past``) or output
+    (``present``) order."""
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
 def cache_shape(config: Any) -> tuple[int, int, int]:
@@ -82,8 +88,7 @@ class OnnxDecoder:
 
     def run(self, input_ids: Any, cache: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """(last-position logits, grown cache) for ``input_ids`` (batch, new tokens) after ``cache``."""
-        feed = {"input_ids": np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))}
-        feed.update({name: c for name, c in zip(self._past_names, cache)})
+        feed = {"input_ids": _ids(input_ids), **dict(zip(self._past_names, cache))}
         logits, *present = self.session.run(None, feed)
         return logits, present
 
@@ -96,7 +101,6 @@ class OnnxDecoder:
         """One decode step: ``token`` (batch, 1)."""
         return self.run(_ids(token), cache)
 
-    @torch.no_grad()
     def generate(self, input_ids: Any, max_new_tokens: int = 16) -> torch.Tensor:
         """Greedy continuation: ``input_ids`` followed by ``max_new_tokens`` new tokens (batch, length + new)."""
         ids = _ids(input_ids)
@@ -108,9 +112,8 @@ class OnnxDecoder:
             logits, cache = self.step(nxt, cache)
         return torch.from_numpy(np.concatenate(out, 1))
 
-    @property
-    def _past_names(self) -> list[str]:
-        return [f"past.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+    def __post_init__(self) -> None:
+        self._past_names = cache_names(self.layers, "past")
 
     def __repr__(self) -> str:
         return (f"OnnxDecoder({self.layers} layers, {self.matmul_nbits} MatMulNBits, "
@@ -122,7 +125,7 @@ def _ids(value: Any) -> np.ndarray:
     if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
         raise InputError(f"input_ids must be integer token ids of shape (batch, length); got {a.dtype} of shape "
                          f"{a.shape}. Pass e.g. tokenizer(text, return_tensors='pt').input_ids.")
-    return a.astype(np.int64)
+    return np.ascontiguousarray(a, dtype=np.int64)  # no copy when it already is
 
 
 def _check(model: nn.Module) -> Any:
@@ -131,8 +134,10 @@ def _check(model: nn.Module) -> Any:
     if config is None or not hasattr(config, "num_hidden_layers") or not hasattr(model, "generation_config"):
         raise InputError(f"export_decoder needs a transformers causal language model (…ForCausalLM); got "
                          f"{type(model).__name__}. Export other models with nbopt.export(model, inputs).")
+    from ..quantization.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+
     unexportable = sorted({type(m).__name__ for m in model.modules()
-                           if type(m).__name__ in ("Int8WeightOnlyLinear", "Int4WeightOnlyLinear")})
+                           if isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear))})
     if unexportable:
         raise InputError(f"the model holds {', '.join(unexportable)} layers (PyTorch's aten kernels), which ONNX "
                          "cannot express: quantize with quantize_weights(..., kernel='onnxruntime') (MatMulNBits), "
@@ -169,8 +174,7 @@ def export_decoder(model: nn.Module, path: str | Path | None = None, *, threads:
     dims = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("past", min=0, max=1 << 20)
     new = torch.export.Dim("new", min=1, max=1 << 20)
     shapes = ({0: dims[0], 1: new}, tuple({0: dims[0], 2: dims[1]} for _ in past))  # *past: one entry
-    names = ["input_ids", *[f"past.{i}.{k}" for i in range(layers) for k in ("key", "value")]]
-    outs = ["logits", *[f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")]]
+    names, outs = ["input_ids", *cache_names(layers, "past")], ["logits", *cache_names(layers, "present")]
     try:
         with quiet(), torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*The axis name.*will not be used")  # exporter's own notice
@@ -198,11 +202,8 @@ def export_decoder(model: nn.Module, path: str | Path | None = None, *, threads:
 def verify(dec: OnnxDecoder, model: nn.Module, vocab: int, prompt: int = 8, steps: int = 2) -> float:
     """Largest |logit| difference between ``dec`` and ``model`` over a prefill and ``steps`` decode steps."""
     ids = torch.randint(0, vocab, (1, prompt + steps), generator=torch.Generator().manual_seed(0))
-    was = model.training
-    try:
-        ref = model.eval()(input_ids=ids).logits[0, prompt - 1:].float().numpy()
-    finally:
-        model.train(was)
+    with preserved(model, eval_mode=True):
+        ref = model(input_ids=ids).logits[0, prompt - 1:].float().numpy()
     logits, cache = dec.prefill(ids[:, :prompt])
     worst = float(np.abs(logits[0] - ref[0]).max())
     for i in range(steps):

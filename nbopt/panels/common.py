@@ -167,6 +167,13 @@ class Panel:
         if self.guard.last_error is not None:
             raise self.guard.last_error
 
+    def assign(self, **values: Any) -> None:
+        """Set each named control (an attribute of the panel) to its value, in the order given, skipping None:
+        the keyword part of every panel's ``set``."""
+        for name, value in values.items():
+            if value is not None:
+                getattr(self, name).value = value
+
     @contextlib.contextmanager
     def changing(self, *, raise_errors: bool = True) -> Iterator["Panel"]:
         """Change several controls inside this block; :meth:`update` runs once at the end, and its error (if

@@ -71,14 +71,7 @@ class ProfilePanel(Panel):
         An error while rendering is shown in ``status`` (as from the widgets), not raised.
         """
         with self.changing(raise_errors=False):
-            if by is not None:
-                self.by.value = by
-            if metric is not None:
-                self.metric.value = metric
-            if top is not None:
-                self.top.value = top
-            if depth is not None:
-                self.depth.value = depth
+            self.assign(by=by, metric=metric, top=top, depth=depth)
         return self
 
     def update(self) -> None:

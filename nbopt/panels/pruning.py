@@ -253,17 +253,9 @@ class PruningPanel(Panel):
                              f"{'amount, criterion, pattern' if self.lm else 'amount, threshold, structured, scope'})")
         with self.changing():
             if self.lm:
-                if criterion is not None:
-                    self.criterion.value = criterion
-                if pattern is not None:
-                    self.pattern.value = pattern
-                if amount is not None:
-                    self.amount.value = amount
+                self.assign(criterion=criterion, pattern=pattern, amount=amount)
                 return self
-            if structured is not None:
-                self.structured.value = structured
-            if scope is not None:
-                self.scope.value = scope
+            self.assign(structured=structured, scope=scope)
             if threshold is not None:
                 self.by.value = "threshold"
                 self.threshold.value = threshold

@@ -10,11 +10,14 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ... import graph
+from ...errors import require
 from ...cpu import Int8Settings, int8_settings
 from ...inputs import call, tensors_in
 from ...model_state import working_copy
 from ..calibration import calibration_inputs
 from .base import Int8Program, check_program_inputs, dtype_name as _dtype, for_cpu, need
+
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # what exporting and running an ONNX program imports
 
 
 class OrtModule(nn.Module):
@@ -106,16 +109,13 @@ def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
     weights) on x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernels saturate in 16 bits.
     """
     settings = settings or int8_settings()
-    for mod in ("onnx", "onnxruntime", "onnxscript"):
+    for mod in ONNX_MODULES:
         need(mod)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     import onnxruntime as ort
 
     model, example, dtype = _float32(model, example)
-    with torch.no_grad():
-        eager = call(model, example)
-    graph.check_tensor_outputs(eager, "the onnxruntime int8 path")
-    inputs = [(tuple(t.shape), t.dtype) for t in tensors_in(example)]
+    eager, inputs = _reference(model, example, "the onnxruntime int8 path")
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         export_onnx(model, example, fp32)
@@ -136,6 +136,28 @@ def build_onnx(model: nn.Module, calib: Any, example: Any, *, dynamic: bool = Fa
         program.notes.append(f"The {_dtype(dtype)} model was converted to float32 for ONNX export (onnxruntime "
                              f"quantizes float32 graphs); the int8 program takes and returns {_dtype(dtype)}.")
     return program
+
+
+def build_fp32(model: nn.Module, example: Any) -> OrtModule:
+    """``model``'s float32 graph (batch dimension free) run by onnxruntime, not quantized: the int8 programs'
+    exporter and session module (what the search's ``runtime="onnxruntime"`` trials run)."""
+    for mod in ONNX_MODULES:
+        require(mod, extra="deploy", purpose='runtime="onnxruntime" (an fp32 ONNX program)')
+    eager, inputs = _reference(model, example, "the fp32 onnxruntime runtime")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fp32.onnx")
+        export_onnx(model, example, path)
+        data = open(path, "rb").read()
+    return OrtModule(data, outputs=graph.OutputStructure(eager), inputs=inputs)
+
+
+def _reference(model: nn.Module, example: Any, what: str) -> tuple[Any, list[tuple[tuple[int, ...], torch.dtype]]]:
+    """The eager output on ``example`` (tensors only, else an error naming ``what``) and each input's (shape,
+    dtype): what an :class:`OrtModule` is built with."""
+    with torch.no_grad():
+        eager = call(model, example)
+    graph.check_tensor_outputs(eager, what)
+    return eager, [(tuple(t.shape), t.dtype) for t in tensors_in(example)]
 
 
 def _float32(model: nn.Module, example: Any) -> tuple[nn.Module, Any, torch.dtype | None]:
